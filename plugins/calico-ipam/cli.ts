@@ -1,0 +1,146 @@
+import fs from 'node:fs';
+import { parseNetConf, type NetConf } from '../../shared/cni/config';
+import { CniError, ErrorCode } from '../../shared/cni/errors';
+import { VERSION } from '../../shared/about';
+import { openStore } from '../../shared/etcd/connect';
+import type { Store } from '../../shared/store/store';
+import { addPool, listPools, removePool } from '../../shared/ipam/pools';
+
+/**
+ * Operator commands of calico-ipam, chosen when CNI_COMMAND is unset. The datastore comes from
+ * --etcd-endpoints, or from a network config file (--config, so TLS settings are shared with the plugin),
+ * or from ETCD_ENDPOINTS and friends.
+ */
+
+const HELP = `calico-ipam ${VERSION}: Calico IPAM plugin (CNI) and its operator commands
+
+Usage:
+  calico-ipam pool add <cidr> [--name N] [--block-size N] [--disabled] [--nat-outgoing] [--node-selector S]
+  calico-ipam pool list [-o json]
+  calico-ipam pool rm <name|cidr> [--force]
+  calico-ipam --version | --help
+
+Datastore (first that is set):
+  --etcd-endpoints URL[,URL]   etcd client URLs
+  --config FILE                a CNI network config (its etcd_* keys are used)
+  ETCD_ENDPOINTS, ETCD_CA_CERT_FILE, ETCD_CERT_FILE, ETCD_KEY_FILE environment variables
+
+As a CNI plugin it is run with CNI_COMMAND set (ADD, DEL, CHECK, STATUS, GC, VERSION) and the network
+config on stdin.
+`;
+
+export interface Parsed {
+  positional: string[];
+  flags: Map<string, string | true>;
+}
+
+const VALUE_FLAGS = new Set(['--name', '--block-size', '--node-selector', '--etcd-endpoints', '--config', '-o', '--output', '--node', '--ip', '--handle', '--grace']);
+
+export function parseArgv(argv: readonly string[]): Parsed {
+  const positional: string[] = [];
+  const flags = new Map<string, string | true>();
+  for (let i = 0; i < argv.length; i++) {
+    const a = argv[i] as string;
+    if (a.startsWith('-')) {
+      const eq = a.indexOf('=');
+      if (eq > 0) flags.set(a.slice(0, eq), a.slice(eq + 1));
+      else if (VALUE_FLAGS.has(a)) {
+        const v = argv[++i];
+        if (v === undefined) throw usage(`${a} needs a value`);
+        flags.set(a, v);
+      } else flags.set(a, true);
+    } else positional.push(a);
+  }
+  return { positional, flags };
+}
+
+function usage(msg: string): CniError {
+  return new CniError(ErrorCode.InvalidConfig, `${msg} (see calico-ipam --help)`);
+}
+
+function flag(p: Parsed, name: string): string | undefined {
+  const v = p.flags.get(name);
+  return typeof v === 'string' ? v : undefined;
+}
+
+export function datastoreConf(p: Parsed): NetConf {
+  const file = flag(p, '--config');
+  const conf: NetConf = file ? parseNetConf(fs.readFileSync(file, 'utf8')) : { name: 'calico-ipam-cli', type: 'calico-ipam' };
+  const eps = flag(p, '--etcd-endpoints');
+  if (eps) conf.etcd_endpoints = eps;
+  return conf;
+}
+
+export async function withStore<T>(p: Parsed, fn: (store: Store) => Promise<T>): Promise<T> {
+  const store = await openStore(datastoreConf(p));
+  try {
+    return await fn(store);
+  } finally {
+    await store.close();
+  }
+}
+
+function table(rows: string[][]): string {
+  const widths = rows[0]?.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? '').length))) ?? [];
+  return rows.map((r) => r.map((c, i) => c.padEnd(widths[i] ?? 0)).join('  ').trimEnd()).join('\n') + '\n';
+}
+
+async function pool(p: Parsed): Promise<number> {
+  const [, sub, arg] = p.positional;
+  switch (sub) {
+    case 'add': {
+      if (!arg) throw usage('pool add needs a CIDR');
+      const bs = flag(p, '--block-size');
+      const input: Parameters<typeof addPool>[1] = { cidr: arg };
+      const name = flag(p, '--name');
+      const sel = flag(p, '--node-selector');
+      if (name) input.name = name;
+      if (bs !== undefined) input.blockSize = Number(bs);
+      if (sel) input.nodeSelector = sel;
+      if (p.flags.has('--disabled')) input.disabled = true;
+      if (p.flags.has('--nat-outgoing')) input.natOutgoing = true;
+      const created = await withStore(p, (s) => addPool(s, input));
+      process.stdout.write(`created pool ${created.metadata.name} ${created.spec.cidr} (block size /${created.spec.blockSize})\n`);
+      return 0;
+    }
+    case 'list':
+    case 'ls': {
+      const pools = await withStore(p, listPools);
+      if (flag(p, '-o') === 'json' || flag(p, '--output') === 'json') {
+        process.stdout.write(JSON.stringify(pools, null, 2) + '\n');
+        return 0;
+      }
+      const rows = [['NAME', 'CIDR', 'BLOCKSIZE', 'DISABLED', 'NODESELECTOR']];
+      for (const x of pools) rows.push([x.metadata.name, x.spec.cidr, String(x.spec.blockSize), String(x.spec.disabled ?? false), x.spec.nodeSelector ?? '']);
+      process.stdout.write(table(rows));
+      return 0;
+    }
+    case 'rm':
+    case 'delete': {
+      if (!arg) throw usage('pool rm needs a name or CIDR');
+      const removed = await withStore(p, (s) => removePool(s, arg, p.flags.has('--force')));
+      process.stdout.write(`removed pool ${removed.metadata.name} ${removed.spec.cidr}\n`);
+      return 0;
+    }
+    default:
+      throw usage(`unknown pool command ${JSON.stringify(sub ?? '')}`);
+  }
+}
+
+export async function main(argv: string[]): Promise<number> {
+  const p = parseArgv(argv);
+  if (p.flags.has('--version') || p.flags.has('-v')) {
+    process.stdout.write(`calico-ipam (calico-ts) ${VERSION}\n`);
+    return 0;
+  }
+  if (p.flags.has('--help') || p.flags.has('-h') || p.positional[0] === 'help') {
+    process.stdout.write(HELP);
+    return 0;
+  }
+  switch (p.positional[0]) {
+    case 'pool':
+      return pool(p);
+    default:
+      throw usage(`unknown command ${JSON.stringify(p.positional[0] ?? '')}`);
+  }
+}

@@ -1,0 +1,50 @@
+import { CniError, ErrorCode, loggedErrors, toCniError } from './errors';
+import { readCniEnv } from './env';
+import { parseNetConf } from './config';
+import { createLogger } from './log';
+import { formatResult } from './result';
+import { effectiveVersion, requireSupported, requireVerbAllowed } from './version';
+import type { Context, PluginSpec } from './skel';
+
+/** Validates env, config and version for one CNI call, runs the verb, and returns what goes to stdout. */
+export async function handleInvocation(spec: PluginSpec, stdin: string): Promise<string | undefined> {
+  const env = readCniEnv(process.env);
+  if (stdin.trim() === '') throw new CniError(ErrorCode.DecodeFailure, 'no network configuration on stdin');
+  const conf = parseNetConf(stdin);
+  const version = requireSupported(effectiveVersion(conf.cniVersion));
+  if (env.command === 'CHECK' || env.command === 'STATUS' || env.command === 'GC') requireVerbAllowed(env.command, version);
+  const log = createLogger({ component: spec.name, level: conf.log_level, filePath: conf.log_file_path });
+  const ctx: Context = { env, conf, stdin, version, log };
+  const impl = await spec.load();
+  log.debug(`${env.command} start`, { containerID: env.containerId, netns: env.netns, ifname: env.ifname, t: log.elapsed() });
+  try {
+    switch (env.command) {
+      case 'ADD': {
+        const result = await impl.add(ctx);
+        log.debug('ADD done', { t: log.elapsed() });
+        return JSON.stringify(formatResult(result, version), null, 4) + '\n';
+      }
+      case 'DEL':
+        await impl.del(ctx);
+        break;
+      case 'CHECK':
+        await impl.check(ctx);
+        break;
+      case 'STATUS':
+        await impl.status(ctx);
+        break;
+      case 'GC':
+        await impl.gc(ctx);
+        break;
+      case 'VERSION':
+        break;
+    }
+    log.debug(`${env.command} done`, { t: log.elapsed() });
+    return undefined;
+  } catch (e) {
+    const err = toCniError(e);
+    log.error(`${env.command} failed: ${err.message}`, { code: err.code, containerID: env.containerId, details: err.details });
+    loggedErrors.add(err);
+    throw err;
+  }
+}

@@ -1,0 +1,122 @@
+import fs from 'node:fs';
+import type { Etcd3, IOptions } from 'etcd3';
+import { CniError, ErrorCode, errorMessage } from '../cni/errors';
+import type { Compare, KeyValue, Op, Read, Store, TxnResult } from '../store/store';
+import type { EtcdConfig } from './config';
+import { withEmbeddedProtos } from './protos';
+
+type RangeKv = { key: Buffer; value: Buffer; mod_revision: string | number };
+
+/** The end of the key range that holds exactly the keys starting with `prefix` (etcd's "prefix + 1"). */
+export function prefixEnd(prefix: string): Buffer {
+  const end = Buffer.from(prefix);
+  for (let i = end.length - 1; i >= 0; i--) {
+    if ((end[i] ?? 0) < 0xff) {
+      end[i] = (end[i] ?? 0) + 1;
+      return end.subarray(0, i + 1);
+    }
+  }
+  return Buffer.from([0]);
+}
+
+function readFileFor(what: string, file: string): Buffer {
+  try {
+    return fs.readFileSync(file);
+  } catch (e) {
+    throw new CniError(ErrorCode.InvalidConfig, `failed to read ${what} ${JSON.stringify(file)}: ${errorMessage(e)}`);
+  }
+}
+
+/** Fails a datastore call as "try again later" (11), saying which endpoints were tried. */
+function unreachable(cfg: EtcdConfig, e: unknown): CniError {
+  const msg = errorMessage(e);
+  if (/certificate|SSL|TLS|handshake|alert/i.test(msg)) {
+    return new CniError(ErrorCode.TryAgainLater, `etcd TLS handshake failed at [${cfg.endpoints.join(', ')}]: ${msg}`);
+  }
+  return new CniError(ErrorCode.TryAgainLater, `etcd unavailable at [${cfg.endpoints.join(', ')}]: ${msg}`);
+}
+
+/** Store over etcd v3 (etcd3's gRPC client); every call has a deadline, and each method is one round trip. */
+export class EtcdStore implements Store {
+  private trips = 0;
+
+  private constructor(
+    private readonly client: Etcd3,
+    private readonly cfg: EtcdConfig,
+  ) {}
+
+  static async connect(cfg: EtcdConfig): Promise<EtcdStore> {
+    const secure = cfg.endpoints.some((e) => e.startsWith('https:'));
+    const options: IOptions = {
+      hosts: cfg.endpoints,
+      dialTimeout: cfg.requestTimeoutMs,
+      defaultCallOptions: (ctx) => (ctx.isStream ? {} : { deadline: Date.now() + cfg.requestTimeoutMs }),
+    };
+    if (secure) {
+      options.credentials = {
+        rootCertificate: cfg.caFile ? readFileFor('etcd_ca_cert_file', cfg.caFile) : Buffer.alloc(0),
+        ...(cfg.keyFile ? { privateKey: readFileFor('etcd_key_file', cfg.keyFile) } : {}),
+        ...(cfg.certFile ? { certChain: readFileFor('etcd_cert_file', cfg.certFile) } : {}),
+      };
+      if (!cfg.caFile) delete options.credentials;
+    }
+    if (cfg.username && cfg.password) options.auth = { username: cfg.username, password: cfg.password };
+    const mod = await withEmbeddedProtos(() => import(/* webpackMode: "eager" */ 'etcd3'));
+    const { noop, retry, handleWhen, ConstantBackoff } = await import(/* webpackMode: "eager" */ 'cockatiel');
+    // One try per endpoint, so a dead member fails over to the next instead of failing the call; no
+    // per-host circuit breaker, since a plugin process lives for a single call.
+    options.faultHandling = {
+      host: () => noop,
+      global: retry(handleWhen(mod.isRecoverableError), { maxAttempts: cfg.endpoints.length, backoff: new ConstantBackoff(50) }),
+    };
+    return new EtcdStore(new mod.Etcd3(options), cfg);
+  }
+
+  get roundTrips(): number {
+    return this.trips;
+  }
+
+  async read(reads: readonly Read[]): Promise<KeyValue[][]> {
+    const success = reads.map((r) =>
+      'key' in r
+        ? { request_range: { key: Buffer.from(r.key) } }
+        : { request_range: { key: Buffer.from(r.prefix), range_end: prefixEnd(r.prefix), keys_only: r.keysOnly ?? false } },
+    );
+    this.trips++;
+    let res;
+    try {
+      res = await this.client.kv.txn({ compare: [], success, failure: [] });
+    } catch (e) {
+      throw unreachable(this.cfg, e);
+    }
+    return res.responses.map((r) =>
+      ((r.response_range?.kvs ?? []) as RangeKv[]).map((kv) => ({
+        key: kv.key.toString(),
+        value: kv.value.toString(),
+        modRevision: Number(kv.mod_revision),
+      })),
+    );
+  }
+
+  async txn(compares: readonly Compare[], ops: readonly Op[]): Promise<TxnResult> {
+    this.trips++;
+    try {
+      const res = await this.client.kv.txn({
+        compare: compares.map((c) => ({ key: Buffer.from(c.key), target: 'Mod' as const, result: 'Equal' as const, mod_revision: c.modRevision })),
+        success: ops.map((op) =>
+          op.op === 'put'
+            ? { request_put: { key: Buffer.from(op.key), value: Buffer.from(op.value) } }
+            : { request_delete_range: { key: Buffer.from(op.key) } },
+        ),
+        failure: [],
+      });
+      return { succeeded: res.succeeded, revision: Number(res.header.revision) };
+    } catch (e) {
+      throw unreachable(this.cfg, e);
+    }
+  }
+
+  async close(): Promise<void> {
+    this.client.close();
+  }
+}

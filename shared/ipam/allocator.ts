@@ -1,0 +1,519 @@
+import { CniError, ErrorCode } from '../cni/errors';
+import type { Logger } from '../cni/log';
+import { keys, parseAffinityKey, parseBlockKey, type Family } from '../calico/keys';
+import {
+  affinityConfirmed,
+  decodeAffinity,
+  decodeBlock,
+  decodeHandle,
+  decodeNode,
+  decodePool,
+  effectiveIpamConfig,
+  encodeAffinity,
+  encodeBlock,
+  encodeHandle,
+  newMetadata,
+  parseJsonAt,
+  resource,
+  type Block,
+  type EffectiveIpamConfig,
+  type IpPool,
+} from '../calico/model';
+import { guard, type Compare, type KeyValue, type Op, type Read, type Store } from '../store/store';
+import { allocateOrdinal, freeCount, isEmpty, newBlock, ordinalAddress, ordinalsOf, pickOrdinal, releaseOrdinals } from './block';
+import { cidrContains, cidrSize, fnv1, formatCidr, parseCidr, parseIp, subnetAt, type Cidr } from './cidr';
+import { selectorMatches } from './selector';
+
+/** One address held by a handle, with the block it came from. */
+export interface Allocation {
+  family: Family;
+  ip: string;
+  blockCidr: string;
+  /** The address with the block's prefix, as upstream calico-ipam reports it (e.g. 10.0.0.5/26). */
+  address: string;
+}
+
+export interface FamilyRequest {
+  family: Family;
+  /** Pool names or CIDRs the address must come from (ipam.ipv4_pools / ipv6_pools). */
+  pools?: string[];
+}
+
+export interface AssignRequest {
+  handleId: string;
+  /** Stored as the allocation's `secondary` attributes (node, timestamp, pod, namespace). */
+  attrs: Record<string, string>;
+  families: FamilyRequest[];
+  /** Exact addresses to assign instead (CNI_ARGS IP=, runtimeConfig.ips). */
+  ips?: string[];
+}
+
+export interface AssignOutcome {
+  allocations: Allocation[];
+  /** True when the handle already held addresses and nothing was allocated (a repeated ADD). */
+  existing: boolean;
+}
+
+export interface AllocatorOptions {
+  store: Store;
+  node: string;
+  log?: Logger | undefined;
+  now?: () => number;
+  random?: () => number;
+  /** CAS attempts per operation before giving up with "try again later" (upstream: 100). */
+  maxAttempts?: number;
+}
+
+export interface AllocatorStats {
+  attempts: number;
+  conflicts: number;
+}
+
+interface Snapshot {
+  handle: KeyValue | undefined;
+  config: EffectiveIpamConfig;
+  pools: IpPool[];
+  node: KeyValue | undefined;
+  nodeLabels: Record<string, string>;
+  affinities: Map<Family, { cidr: string; kv: KeyValue; confirmed: boolean }[]>;
+}
+
+/** A conflict on a guarded write: re-read everything and try again. */
+class Conflict extends Error {}
+
+/**
+ * The IPAM allocator: pure logic over the Store interface, with libcalico-go's data model. Every write is
+ * one transaction guarded by the mod_revisions of what it read, so concurrent allocators on any number of
+ * hosts can never hand out an address twice; the block and the handle always change together.
+ */
+export class Allocator {
+  readonly stats: AllocatorStats = { attempts: 0, conflicts: 0 };
+  private readonly now: () => number;
+  private readonly random: () => number;
+  private readonly maxAttempts: number;
+
+  constructor(private readonly opts: AllocatorOptions) {
+    this.now = opts.now ?? Date.now;
+    this.random = opts.random ?? Math.random;
+    this.maxAttempts = opts.maxAttempts ?? 100;
+  }
+
+  private get store(): Store {
+    return this.opts.store;
+  }
+
+  private get node(): string {
+    return this.opts.node;
+  }
+
+  // ---- public operations ---------------------------------------------------------------------------
+
+  /** ADD: the handle's existing addresses, or one new address per requested family (all or nothing). */
+  async assign(req: AssignRequest): Promise<AssignOutcome> {
+    const families = req.ips?.length ? [...new Set(req.ips.map((ip) => this.requestedFamily(ip)))] : req.families.map((f) => f.family);
+    const snap = await this.readSnapshot(req.handleId, families);
+    if (snap.handle) {
+      const held = await this.handleAllocations(req.handleId, snap.handle);
+      if (held.length > 0) return { allocations: held, existing: true };
+    }
+    const out: Allocation[] = [];
+    try {
+      // The snapshot read above serves the first attempt of the first address; later ones read afresh.
+      let fresh: Snapshot | undefined = snap;
+      const once = () => {
+        const s = fresh;
+        fresh = undefined;
+        return s;
+      };
+      if (req.ips?.length) {
+        for (const ip of req.ips) out.push(await this.retrying(`assign ${ip}`, () => this.assignExactOnce(req, ip, once())));
+      } else {
+        for (const f of req.families) {
+          out.push(await this.retrying(`assign an IPv${f.family} address`, () => this.assignAutoOnce(req, f, once())));
+        }
+      }
+    } catch (e) {
+      // All or nothing: a dual-stack ADD that got one family but not the other gives the first one back.
+      if (out.length > 0) {
+        this.opts.log?.warn('releasing partial assignment after failure', { handle: req.handleId, released: out.map((a) => a.ip) });
+        await this.releaseHandle(req.handleId).catch((re: unknown) =>
+          this.opts.log?.error('failed to release partial assignment', { handle: req.handleId, error: String(re) }),
+        );
+      }
+      throw e;
+    }
+    return { allocations: out, existing: false };
+  }
+
+  /** DEL: frees every address the handle holds and removes the handle. A missing handle frees nothing. */
+  async releaseHandle(handleId: string): Promise<Allocation[]> {
+    return this.retrying(`release handle ${handleId}`, () => this.releaseHandleOnce(handleId));
+  }
+
+  /** The addresses a handle holds now (for CHECK and for reporting). */
+  async addressesOf(handleId: string): Promise<Allocation[]> {
+    const [h] = await this.store.read([{ key: keys.handle(handleId) }]);
+    const kv = h?.[0];
+    return kv ? this.handleAllocations(handleId, kv) : [];
+  }
+
+  // ---- reading ---------------------------------------------------------------------------------------
+
+  private requestedFamily(ip: string): Family {
+    const parsed = parseIp(ip.split('/')[0] ?? '');
+    if (!parsed) throw new CniError(ErrorCode.InvalidConfig, `requested address ${JSON.stringify(ip)} is not an IP address`);
+    return parsed.family;
+  }
+
+  private async readSnapshot(handleId: string, families: readonly Family[]): Promise<Snapshot> {
+    const reads: Read[] = [
+      { key: keys.handle(handleId) },
+      { key: keys.ipamConfig },
+      { prefix: keys.poolPrefix },
+      { key: keys.node(this.node) },
+      ...families.map((f) => ({ prefix: keys.hostAffinityPrefix(this.node, f) })),
+    ];
+    const res = await this.store.read(reads);
+    const [handle, config, pools, node] = [res[0]?.[0], res[1]?.[0], res[2] ?? [], res[3]?.[0]];
+    const affinities = new Map<Family, { cidr: string; kv: KeyValue; confirmed: boolean }[]>();
+    families.forEach((f, i) => {
+      const list = (res[4 + i] ?? []).flatMap((kv) => {
+        const parsed = parseAffinityKey(kv.key);
+        if (!parsed) return [];
+        return [{ cidr: parsed.cidr, kv, confirmed: affinityConfirmed(parseJsonAt(kv.key, kv.value, decodeAffinity)) }];
+      });
+      affinities.set(f, list);
+    });
+    const nodeLabels = node ? (parseJsonAt(node.key, node.value, decodeNode).metadata.labels ?? {}) : {};
+    return {
+      handle,
+      config: effectiveIpamConfig(config?.value),
+      pools: pools.flatMap((kv) => {
+        try {
+          return [decodePool(kv.value)];
+        } catch (e) {
+          this.opts.log?.warn('ignoring malformed IP pool', { key: kv.key, error: String(e) });
+          return [];
+        }
+      }),
+      node,
+      nodeLabels: { 'projectcalico.org/name': this.node, ...nodeLabels },
+      affinities,
+    };
+  }
+
+  /** Reads the blocks a handle points at and returns the addresses in them that carry the handle. */
+  private async handleAllocations(handleId: string, handleKv: KeyValue): Promise<Allocation[]> {
+    const cidrs = Object.keys(parseJsonAt(handleKv.key, handleKv.value, decodeHandle).block ?? {});
+    if (cidrs.length === 0) return [];
+    const blocks = await this.readBlocks(cidrs);
+    return blocks.flatMap(({ block }) => (block ? this.allocationsIn(block, ordinalsOf(block, handleId)) : []));
+  }
+
+  private async readBlocks(cidrs: readonly string[]): Promise<{ cidr: string; kv: KeyValue | undefined; block: Block | undefined }[]> {
+    const parsed = cidrs.map((c) => ({ cidr: c, parsed: parseCidr(c) }));
+    const valid = parsed.filter((p): p is { cidr: string; parsed: Cidr } => p.parsed !== undefined);
+    if (valid.length === 0) return [];
+    const res = await this.store.read(valid.map((p) => ({ key: keys.block(p.parsed.family, p.cidr) })));
+    return valid.map((p, i) => {
+      const kv = res[i]?.[0];
+      return { cidr: p.cidr, kv, block: kv ? parseJsonAt(kv.key, kv.value, decodeBlock) : undefined };
+    });
+  }
+
+  private allocationsIn(block: Block, ords: readonly number[]): Allocation[] {
+    const prefix = block.cidr.split('/')[1];
+    return ords.map((ord) => {
+      const { family, ip } = ordinalAddress(block, ord);
+      return { family, ip, blockCidr: block.cidr, address: `${ip}/${prefix}` };
+    });
+  }
+
+  // ---- pools -----------------------------------------------------------------------------------------
+
+  private poolLabel(p: IpPool): string {
+    return `${p.metadata.name} (${p.spec.cidr})`;
+  }
+
+  private poolUsable(p: IpPool): boolean {
+    return !p.spec.disabled && (p.spec.allowedUses ?? ['Workload']).includes('Workload');
+  }
+
+  /** Pools this ADD may allocate from, in a stable order: named ones as asked, else those selecting the node. */
+  private allowedPools(snap: Snapshot, req: FamilyRequest): { pool: IpPool; cidr: Cidr }[] {
+    const ofFamily = snap.pools
+      .map((pool) => ({ pool, cidr: parseCidr(pool.spec.cidr) }))
+      .filter((p): p is { pool: IpPool; cidr: Cidr } => p.cidr !== undefined && p.cidr.family === req.family)
+      .filter((p) => (p.pool.spec.blockSize ?? 0) >= p.cidr.prefix && (p.pool.spec.blockSize ?? 0) <= (req.family === 4 ? 32 : 128));
+    if (req.pools?.length) {
+      return req.pools.map((want) => {
+        const asCidr = parseCidr(want);
+        const found = ofFamily.find((p) => (asCidr ? formatCidr(p.cidr) === formatCidr(asCidr) : p.pool.metadata.name === want));
+        if (asCidr && asCidr.family !== req.family) {
+          throw new CniError(ErrorCode.InvalidConfig, `pool ${want} is not an IPv${req.family} pool but is listed in ipv${req.family}_pools`);
+        }
+        if (!found || !this.poolUsable(found.pool)) {
+          throw new CniError(ErrorCode.InvalidConfig, `the given pool (${want}) does not exist, or is not enabled`);
+        }
+        return found;
+      });
+    }
+    const usable = ofFamily.filter(
+      (p) => this.poolUsable(p.pool) && p.pool.spec.assignmentMode !== 'Manual' && selectorMatches(p.pool.spec.nodeSelector, snap.nodeLabels),
+    );
+    if (usable.length === 0) {
+      throw new CniError(
+        ErrorCode.InvalidConfig,
+        `no enabled IPv${req.family} pool selects node ${this.node}: create one (calico-ipam pool add <cidr>) or check the pools' nodeSelector`,
+      );
+    }
+    return usable;
+  }
+
+  // ---- automatic assignment --------------------------------------------------------------------------
+
+  private async assignAutoOnce(req: AssignRequest, f: FamilyRequest, given: Snapshot | undefined): Promise<Allocation> {
+    const snap = given ?? (await this.readSnapshot(req.handleId, [f.family]));
+    const pools = this.allowedPools(snap, f);
+    const inPools = (cidr: string) => {
+      const c = parseCidr(cidr);
+      return c !== undefined && pools.some((p) => cidrContains(p.cidr, c.family, c.base));
+    };
+    const owned = snap.affinities.get(f.family) ?? [];
+    const affine = owned.filter((a) => a.confirmed && inPools(a.cidr));
+
+    // 1. A free address in one of this host's blocks; rested addresses before recently released ones.
+    if (affine.length > 0) {
+      const blocks = await this.readBlocks(affine.map((a) => a.cidr));
+      const mine = blocks.filter((b): b is typeof b & { kv: KeyValue; block: Block } => b.block !== undefined && b.kv !== undefined && b.block.affinity === `host:${this.node}`);
+      const choice = this.chooseBlock(mine, snap.config);
+      if (choice) return this.commitAllocation(req, snap, choice.kv, choice.block, choice.ord);
+    }
+
+    // 2. Claim a new block for this host.
+    const hostBlocks = owned.length;
+    const mayClaim = snap.config.autoAllocateBlocks && hostBlocks < snap.config.maxBlocksPerHost;
+    if (snap.config.autoAllocateBlocks && !mayClaim) {
+      throw new CniError(
+        ErrorCode.BlockLimit,
+        `cannot allocate new block due to per host block limit: node ${this.node} already has ${hostBlocks} IPv${f.family} blocks (maxBlocksPerHost ${snap.config.maxBlocksPerHost}) and they are full`,
+      );
+    }
+    if (mayClaim) {
+      const existing = await this.store.read([{ prefix: keys.blockPrefix(f.family), keysOnly: true }]);
+      const taken = new Set((existing[0] ?? []).flatMap((kv) => parseBlockKey(kv.key)?.cidr ?? []));
+      // A pending affinity of ours with no block is a claim a killed process left half done: finish it.
+      const stale = owned.find((a) => !a.confirmed && !taken.has(a.cidr) && inPools(a.cidr));
+      const free = stale ? parseCidr(stale.cidr) : this.findFreeSubnet(pools, taken);
+      if (free) return this.claimAndAllocate(req, snap, f.family, free);
+    }
+
+    // 3. Borrow from another host's block (upstream's default; off with strict affinity).
+    if (!snap.config.strictAffinity) {
+      const borrowed = await this.borrow(req, snap, f.family, inPools);
+      if (borrowed) return borrowed;
+    }
+    const names = pools.map((p) => this.poolLabel(p.pool)).join(', ');
+    throw new CniError(
+      ErrorCode.PoolExhausted,
+      snap.config.strictAffinity
+        ? `no free IPv${f.family} address for node ${this.node} in pools [${names}]: no more free affine blocks and strict affinity enabled`
+        : `no free IPv${f.family} address in pools [${names}]: the pools are exhausted`,
+    );
+  }
+
+  /** The first block with a rested free address, else the first with any free address. */
+  private chooseBlock<T extends { kv: KeyValue; block: Block }>(candidates: readonly T[], config: EffectiveIpamConfig): (T & { ord: number }) | undefined {
+    const now = this.now();
+    let fallback: (T & { ord: number }) | undefined;
+    for (const c of candidates) {
+      const pick = pickOrdinal(c.block, now, config.ipCooldownSeconds * 1000);
+      if (!pick) continue;
+      if (pick.cool) return { ...c, ord: pick.ord };
+      fallback ??= { ...c, ord: pick.ord };
+    }
+    return fallback;
+  }
+
+  /** Walks each pool's block-sized subnets from a per-host starting point; the first without a block wins. */
+  private findFreeSubnet(pools: readonly { pool: IpPool; cidr: Cidr }[], taken: ReadonlySet<string>): Cidr | undefined {
+    const seed = BigInt(fnv1(this.node));
+    for (const { pool, cidr } of pools) {
+      const blockSize = pool.spec.blockSize ?? (cidr.family === 4 ? 26 : 122);
+      const count = cidrSize(cidr) / cidrSize({ family: cidr.family, base: 0n, prefix: blockSize });
+      const start = seed % count;
+      // Each step either finds a free subnet or passes a taken one, so this ends after |taken|+1 steps.
+      for (let i = 0n; i < count; i++) {
+        const sub = subnetAt(cidr, blockSize, (start + i) % count);
+        if (!taken.has(formatCidr(sub))) return sub;
+      }
+    }
+    return undefined;
+  }
+
+  /**
+   * Two-phase claim as upstream: a pending affinity first, then (in one transaction) the block with our
+   * address in it, the affinity confirmed and the handle. A lost race removes the pending affinity.
+   */
+  private async claimAndAllocate(req: AssignRequest, snap: Snapshot, family: Family, cidr: Cidr, exactOrd?: number): Promise<Allocation> {
+    const blockCidr = formatCidr(cidr);
+    const affKey = keys.hostAffinity(this.node, family, blockCidr);
+    const blockKey = keys.block(family, blockCidr);
+    const known = snap.affinities.get(family)?.find((a) => a.cidr === blockCidr);
+    const pending = await this.store.txn([guard(affKey, known?.kv)], [{ op: 'put', key: affKey, value: encodeAffinity('pending') }]);
+    if (!pending.succeeded) throw new Conflict(`affinity ${affKey} changed`);
+    const block = newBlock(cidr, this.node, this.now());
+    const ord = exactOrd ?? pickOrdinal(block, this.now(), 0)?.ord ?? 0;
+    const filled = allocateOrdinal(block, ord, req.handleId, req.attrs);
+    const ops: Op[] = [
+      { op: 'put', key: blockKey, value: encodeBlock(filled) },
+      { op: 'put', key: affKey, value: encodeAffinity('confirmed') },
+      ...this.handleOps(req.handleId, snap.handle, filled.cidr, +1),
+      ...this.nodeOps(snap),
+    ];
+    const compares: Compare[] = [
+      { key: blockKey, modRevision: 0 },
+      { key: affKey, modRevision: pending.revision },
+      guard(keys.handle(req.handleId), snap.handle),
+      ...this.nodeGuards(snap),
+    ];
+    const res = await this.store.txn(compares, ops);
+    if (!res.succeeded) {
+      await this.store.txn([{ key: affKey, modRevision: pending.revision }], [{ op: 'delete', key: affKey }]);
+      throw new Conflict(`block ${blockCidr} was claimed concurrently`);
+    }
+    this.opts.log?.info('claimed block', { node: this.node, block: blockCidr });
+    return this.allocationsIn(filled, [ord])[0] as Allocation;
+  }
+
+  private async borrow(req: AssignRequest, snap: Snapshot, family: Family, inPools: (cidr: string) => boolean): Promise<Allocation | undefined> {
+    const all = await this.store.read([{ prefix: keys.blockPrefix(family) }]);
+    const candidates = (all[0] ?? [])
+      .map((kv) => ({ kv, block: parseJsonAt(kv.key, kv.value, decodeBlock) }))
+      .filter((c) => inPools(c.block.cidr) && c.block.affinity !== `host:${this.node}` && freeCount(c.block) > 0);
+    if (candidates.length === 0) return undefined;
+    // Spread borrowers over the blocks instead of all starting at the first one.
+    const start = fnv1(this.node) % candidates.length;
+    const rotated = [...candidates.slice(start), ...candidates.slice(0, start)];
+    const choice = this.chooseBlock(rotated, snap.config);
+    if (!choice) return undefined;
+    this.opts.log?.warn('borrowing an address from a block affine to another host', { block: choice.block.cidr, affinity: choice.block.affinity });
+    return this.commitAllocation(req, snap, choice.kv, choice.block, choice.ord);
+  }
+
+  /** Writes one allocation into an existing block together with the handle, guarded by both revisions. */
+  private async commitAllocation(req: AssignRequest, snap: Snapshot, kv: KeyValue, block: Block, ord: number): Promise<Allocation> {
+    const updated = allocateOrdinal(block, ord, req.handleId, req.attrs);
+    const res = await this.store.txn(
+      [{ key: kv.key, modRevision: kv.modRevision }, guard(keys.handle(req.handleId), snap.handle), ...this.nodeGuards(snap)],
+      [{ op: 'put', key: kv.key, value: encodeBlock(updated) }, ...this.handleOps(req.handleId, snap.handle, updated.cidr, +1), ...this.nodeOps(snap)],
+    );
+    if (!res.succeeded) throw new Conflict(`block ${block.cidr} changed`);
+    return this.allocationsIn(updated, [ord])[0] as Allocation;
+  }
+
+  private handleOps(handleId: string, current: KeyValue | undefined, blockCidr: string, delta: number): Op[] {
+    const counts = { ...((current && parseJsonAt(current.key, current.value, decodeHandle).block) ?? {}) };
+    counts[blockCidr] = (counts[blockCidr] ?? 0) + delta;
+    if ((counts[blockCidr] ?? 0) <= 0) delete counts[blockCidr];
+    const key = keys.handle(handleId);
+    return Object.keys(counts).length === 0 ? [{ op: 'delete', key }] : [{ op: 'put', key, value: encodeHandle(counts) }];
+  }
+
+  /** Upstream fails when the Calico Node is missing; with no calico/node to make it, we create it. */
+  private nodeOps(snap: Snapshot): Op[] {
+    return snap.node ? [] : [{ op: 'put', key: keys.node(this.node), value: resource('Node', newMetadata(this.node), {}) }];
+  }
+
+  private nodeGuards(snap: Snapshot): Compare[] {
+    return snap.node ? [] : [{ key: keys.node(this.node), modRevision: 0 }];
+  }
+
+  // ---- exact addresses -------------------------------------------------------------------------------
+
+  private async assignExactOnce(req: AssignRequest, rawIp: string, given: Snapshot | undefined): Promise<Allocation> {
+    const ip = parseIp(rawIp.split('/')[0] ?? '');
+    if (!ip) throw new CniError(ErrorCode.InvalidConfig, `requested address ${JSON.stringify(rawIp)} is not an IP address`);
+    const snap = given ?? (await this.readSnapshot(req.handleId, [ip.family]));
+    const pool = snap.pools
+      .map((p) => ({ pool: p, cidr: parseCidr(p.spec.cidr) }))
+      .find((p) => p.cidr && this.poolUsable(p.pool) && cidrContains(p.cidr, ip.family, ip.value));
+    if (!pool?.cidr) {
+      throw new CniError(ErrorCode.AddressNotInPool, `requested address ${rawIp} is not in any enabled IP pool`);
+    }
+    const blockSize = pool.pool.spec.blockSize ?? (ip.family === 4 ? 26 : 122);
+    const blockCidr = parseCidr(`${rawIp.split('/')[0]}/${blockSize}`) as Cidr;
+    const ord = Number(ip.value - blockCidr.base);
+    const [blockRes] = await this.store.read([{ key: keys.block(ip.family, formatCidr(blockCidr)) }]);
+    const kv = blockRes?.[0];
+    if (!kv) {
+      const owned = snap.affinities.get(ip.family)?.length ?? 0;
+      if (owned >= snap.config.maxBlocksPerHost) {
+        throw new CniError(ErrorCode.BlockLimit, `cannot allocate new block for ${rawIp} due to per host block limit (${snap.config.maxBlocksPerHost})`);
+      }
+      return this.claimAndAllocate(req, snap, ip.family, blockCidr, ord);
+    }
+    const block = parseJsonAt(kv.key, kv.value, decodeBlock);
+    if (snap.config.strictAffinity && block.affinity !== `host:${this.node}`) {
+      throw new CniError(ErrorCode.AddressInUse, `requested address ${rawIp} is in block ${block.cidr} affine to ${block.affinity ?? 'no host'} and strict affinity is enabled`);
+    }
+    const holder = block.allocations[ord];
+    if (holder !== null && holder !== undefined) {
+      const owner = block.attributes?.[holder]?.handle_id ?? 'unknown';
+      throw new CniError(ErrorCode.AddressInUse, `requested address ${rawIp} is already in use (handle ${owner})`);
+    }
+    return this.commitAllocation(req, snap, kv, block, ord);
+  }
+
+  // ---- release -----------------------------------------------------------------------------------------
+
+  private async releaseHandleOnce(handleId: string): Promise<Allocation[]> {
+    const [h] = await this.store.read([{ key: keys.handle(handleId) }]);
+    const handleKv = h?.[0];
+    if (!handleKv) return [];
+    const cidrs = Object.keys(parseJsonAt(handleKv.key, handleKv.value, decodeHandle).block ?? {});
+    const blocks = await this.readBlocks(cidrs);
+    const now = this.now();
+    const compares: Compare[] = [{ key: handleKv.key, modRevision: handleKv.modRevision }];
+    const ops: Op[] = [{ op: 'delete', key: handleKv.key }];
+    const released: Allocation[] = [];
+    for (const { kv, block } of blocks) {
+      if (!kv || !block) continue;
+      const ords = ordinalsOf(block, handleId);
+      if (ords.length === 0) continue;
+      const updated = releaseOrdinals(block, ords, now);
+      released.push(...this.allocationsIn(block, ords));
+      compares.push({ key: kv.key, modRevision: kv.modRevision });
+      // An empty block nobody is affine to (a borrowed-from block whose host let go) goes away.
+      ops.push(isEmpty(updated) && !updated.affinity ? { op: 'delete', key: kv.key } : { op: 'put', key: kv.key, value: encodeBlock(updated) });
+    }
+    const res = await this.store.txn(compares, ops);
+    if (!res.succeeded) throw new Conflict(`handle ${handleId} or its blocks changed`);
+    return released;
+  }
+
+  // ---- retries -----------------------------------------------------------------------------------------
+
+  /**
+   * Runs one optimistic attempt at a time; a conflict re-reads and retries after a short random pause (so
+   * racing processes spread out), a bounded number of times.
+   */
+  private async retrying<T>(what: string, attempt: () => Promise<T>): Promise<T> {
+    for (let i = 0; i < this.maxAttempts; i++) {
+      this.stats.attempts++;
+      try {
+        return await attempt();
+      } catch (e) {
+        if (!(e instanceof Conflict)) throw e;
+        this.stats.conflicts++;
+        this.opts.log?.debug('conflict, retrying', { what, attempt: i + 1, why: e.message });
+        const cap = Math.min(50, 2 ** Math.min(i, 6));
+        await new Promise((r) => setTimeout(r, this.random() * cap));
+      }
+    }
+    throw new CniError(
+      ErrorCode.TryAgainLater,
+      `failed to ${what}: gave up after ${this.maxAttempts} attempts that each lost a race with another writer (excessive concurrent IPAM requests)`,
+    );
+  }
+}
