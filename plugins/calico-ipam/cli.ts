@@ -4,7 +4,8 @@ import { CniError, ErrorCode } from '../../shared/cni/errors';
 import { VERSION } from '../../shared/about';
 import { openStore } from '../../shared/etcd/connect';
 import type { Store } from '../../shared/store/store';
-import { addPool, listPools, removePool } from '../../shared/ipam/pools';
+import { addPool, listPools, removePool, type PoolSpecInput } from '../../shared/ipam/pools';
+import { IpPoolSchema } from '../../shared/calico/model';
 
 /**
  * Operator commands of calico-ipam, chosen when CNI_COMMAND is unset. The datastore comes from
@@ -16,6 +17,7 @@ const HELP = `calico-ipam ${VERSION}: Calico IPAM plugin (CNI) and its operator 
 
 Usage:
   calico-ipam pool add <cidr> [--name N] [--block-size N] [--disabled] [--nat-outgoing] [--node-selector S]
+  calico-ipam pool add --file ippool.json      (a Calico v3 IPPool resource, as calicoctl applies it)
   calico-ipam pool list [-o json]
   calico-ipam pool rm <name|cidr> [--force]
   calico-ipam --version | --help
@@ -34,7 +36,7 @@ export interface Parsed {
   flags: Map<string, string | true>;
 }
 
-const VALUE_FLAGS = new Set(['--name', '--block-size', '--node-selector', '--etcd-endpoints', '--config', '-o', '--output', '--node', '--ip', '--handle', '--grace']);
+const VALUE_FLAGS = new Set(['--file', '-f', '--name', '--block-size', '--node-selector', '--etcd-endpoints', '--config', '-o', '--output', '--node', '--ip', '--handle', '--grace']);
 
 export function parseArgv(argv: readonly string[]): Parsed {
   const positional: string[] = [];
@@ -80,6 +82,25 @@ export async function withStore<T>(p: Parsed, fn: (store: Store) => Promise<T>):
   }
 }
 
+/** Reads an IPPool resource file (the fields calico-ipam honours; the rest of spec keeps its defaults). */
+function poolInputFromFile(file: string): PoolSpecInput {
+  let raw: unknown;
+  try {
+    raw = JSON.parse(fs.readFileSync(file, 'utf8'));
+  } catch (e) {
+    throw new CniError(ErrorCode.DecodeFailure, `cannot read IPPool from ${file}: ${(e as Error).message}`);
+  }
+  const parsed = IpPoolSchema.safeParse(raw);
+  if (!parsed.success) throw new CniError(ErrorCode.InvalidConfig, `${file} is not an IPPool: ${parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}`);
+  const { metadata, spec } = parsed.data;
+  const input: PoolSpecInput = { cidr: spec.cidr, name: metadata.name };
+  if (spec.blockSize !== undefined) input.blockSize = spec.blockSize;
+  if (spec.disabled) input.disabled = true;
+  if (spec.natOutgoing) input.natOutgoing = true;
+  if (spec.nodeSelector) input.nodeSelector = spec.nodeSelector;
+  return input;
+}
+
 function table(rows: string[][]): string {
   const widths = rows[0]?.map((_, i) => Math.max(...rows.map((r) => (r[i] ?? '').length))) ?? [];
   return rows.map((r) => r.map((c, i) => c.padEnd(widths[i] ?? 0)).join('  ').trimEnd()).join('\n') + '\n';
@@ -89,9 +110,10 @@ async function pool(p: Parsed): Promise<number> {
   const [, sub, arg] = p.positional;
   switch (sub) {
     case 'add': {
-      if (!arg) throw usage('pool add needs a CIDR');
+      const file = flag(p, '--file') ?? flag(p, '-f');
+      if (!arg && !file) throw usage('pool add needs a CIDR or --file');
       const bs = flag(p, '--block-size');
-      const input: Parameters<typeof addPool>[1] = { cidr: arg };
+      const input: PoolSpecInput = file ? poolInputFromFile(file) : { cidr: arg ?? '' };
       const name = flag(p, '--name');
       const sel = flag(p, '--node-selector');
       if (name) input.name = name;

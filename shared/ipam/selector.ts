@@ -79,7 +79,7 @@ export function parseSelector(sel: string): Expr {
     if (t === 'all()') return () => true;
     if (t.startsWith('has(')) {
       const k = t.slice(4, -1).trim();
-      return (x) => k in x;
+      return (x) => Object.hasOwn(x, k);
     }
     const op = next();
     if (op === '==' || op === '!=') {
