@@ -6,6 +6,10 @@ import { openStore } from '../../shared/etcd/connect';
 import type { Store } from '../../shared/store/store';
 import { addPool, listPools, removePool, type PoolSpecInput } from '../../shared/ipam/pools';
 import { IpPoolSchema } from '../../shared/calico/model';
+import { setNode, type NodeUpdate } from '../../shared/calico/nodes';
+import { planRoutes, routeArgs } from '../../shared/ipam/routes';
+import { ipamUsage } from '../../shared/ipam/usage';
+import { ip, ipOk } from '../../shared/netlink/exec';
 
 /**
  * Operator commands of calico-ipam, chosen when CNI_COMMAND is unset. The datastore comes from
@@ -20,6 +24,11 @@ Usage:
   calico-ipam pool add --file ippool.json      (a Calico v3 IPPool resource, as calicoctl applies it)
   calico-ipam pool list [-o json]
   calico-ipam pool rm <name|cidr> [--force]
+  calico-ipam node set <name> [--ipv4 ADDR/LEN] [--ipv6 ADDR/LEN] [--label k=v]...
+  calico-ipam routes --node N [--apply]   the routes BIRD would program on node N from the block
+                                          affinities: blackholes for N's blocks, "via <owner>" for
+                                          the others (--apply: ip route replace, stale ones removed)
+  calico-ipam show [-o json]              pools, blocks per node, used and free addresses
   calico-ipam --version | --help
 
 Datastore (first that is set):
@@ -34,13 +43,16 @@ config on stdin.
 export interface Parsed {
   positional: string[];
   flags: Map<string, string | true>;
+  /** --label may repeat. */
+  labels: string[];
 }
 
-const VALUE_FLAGS = new Set(['--file', '-f', '--name', '--block-size', '--node-selector', '--etcd-endpoints', '--config', '-o', '--output', '--node', '--ip', '--handle', '--grace']);
+const VALUE_FLAGS = new Set(['--ipv4', '--ipv6', '--label', '--file', '-f', '--name', '--block-size', '--node-selector', '--etcd-endpoints', '--config', '-o', '--output', '--node', '--ip', '--handle', '--grace']);
 
 export function parseArgv(argv: readonly string[]): Parsed {
   const positional: string[] = [];
   const flags = new Map<string, string | true>();
+  const labels: string[] = [];
   for (let i = 0; i < argv.length; i++) {
     const a = argv[i] as string;
     if (a.startsWith('-')) {
@@ -49,11 +61,12 @@ export function parseArgv(argv: readonly string[]): Parsed {
       else if (VALUE_FLAGS.has(a)) {
         const v = argv[++i];
         if (v === undefined) throw usage(`${a} needs a value`);
+        if (a === '--label') labels.push(v);
         flags.set(a, v);
       } else flags.set(a, true);
     } else positional.push(a);
   }
-  return { positional, flags };
+  return { positional, flags, labels };
 }
 
 function usage(msg: string): CniError {
@@ -149,6 +162,66 @@ async function pool(p: Parsed): Promise<number> {
   }
 }
 
+async function node(p: Parsed): Promise<number> {
+  const [, sub, name] = p.positional;
+  if (sub !== 'set' || !name) throw usage('usage: node set <name> [--ipv4 A/LEN] [--ipv6 A/LEN] [--label k=v]');
+  const update: NodeUpdate = {};
+  const v4 = flag(p, '--ipv4');
+  const v6 = flag(p, '--ipv6');
+  if (v4) update.ipv4Address = v4;
+  if (v6) update.ipv6Address = v6;
+  if (p.labels.length) {
+    update.labels = Object.fromEntries(p.labels.map((l) => {
+      const eq = l.indexOf('=');
+      if (eq <= 0) throw usage(`invalid label ${JSON.stringify(l)}: expected key=value`);
+      return [l.slice(0, eq), l.slice(eq + 1)];
+    }));
+  }
+  const n = await withStore(p, (s) => setNode(s, name, update));
+  process.stdout.write(`node ${n.metadata.name}: ${JSON.stringify(n.spec ?? {})}\n`);
+  return 0;
+}
+
+async function routes(p: Parsed): Promise<number> {
+  const name = flag(p, '--node');
+  if (!name) throw usage('routes needs --node');
+  const plan = await withStore(p, (s) => planRoutes(s, name));
+  for (const u of plan.unreachable) process.stderr.write(`calico-ipam: no IPv${u.family} address for node ${u.owner}; no route to its block ${u.cidr}\n`);
+  const lines = plan.routes.map(routeArgs);
+  if (p.flags.has('--apply')) await applyRoutes(lines);
+  process.stdout.write(lines.map((l) => `${l}\n`).join(''));
+  return 0;
+}
+
+/** Programs the plan in this network namespace and removes block routes (proto bird) no longer in it. */
+async function applyRoutes(lines: readonly string[]): Promise<void> {
+  const want = new Set(lines.map((l) => l.replace(/ proto bird$/, '')));
+  const stale: string[] = [];
+  for (const fam of ['-4', '-6']) {
+    const r = await ip([fam, '-j', 'route', 'show', 'proto', 'bird']);
+    for (const rt of JSON.parse(r.stdout || '[]') as { dst: string; gateway?: string; type?: string }[]) {
+      const desc = rt.type === 'blackhole' ? `blackhole ${rt.dst}` : `${rt.dst} via ${rt.gateway ?? ''}`;
+      if (!want.has(desc)) stale.push(`route del ${desc} proto bird`);
+    }
+  }
+  const batch = [...stale, ...lines.map((l) => `route replace ${l}`)];
+  if (batch.length) await ipOk('failed to program block routes', [], { batch });
+}
+
+async function show(p: Parsed): Promise<number> {
+  const usage = await withStore(p, ipamUsage);
+  if (flag(p, '-o') === 'json' || flag(p, '--output') === 'json') {
+    process.stdout.write(JSON.stringify(usage, null, 2) + '\n');
+    return 0;
+  }
+  const pools = [['POOL', 'CIDR', 'BLOCKSIZE', 'BLOCKS', 'IN USE', 'SIZE', 'DISABLED']];
+  for (const x of usage.pools) pools.push([x.name, x.cidr, `/${x.blockSize}`, String(x.blocks), String(x.used), x.size, String(x.disabled)]);
+  const blocks = [['BLOCK', 'POOL', 'AFFINITY', 'IN USE', 'FREE']];
+  for (const b of usage.blocks) blocks.push([b.cidr, b.pool ?? '(no pool)', b.affinity ?? '(none)', `${b.used}/${b.size}`, String(b.free)]);
+  process.stdout.write(table(pools) + '\n' + table(blocks));
+  return 0;
+}
+
 export async function main(argv: string[]): Promise<number> {
   const p = parseArgv(argv);
   if (p.flags.has('--version') || p.flags.has('-v')) {
@@ -162,6 +235,12 @@ export async function main(argv: string[]): Promise<number> {
   switch (p.positional[0]) {
     case 'pool':
       return pool(p);
+    case 'node':
+      return node(p);
+    case 'routes':
+      return routes(p);
+    case 'show':
+      return show(p);
     default:
       throw usage(`unknown command ${JSON.stringify(p.positional[0] ?? '')}`);
   }

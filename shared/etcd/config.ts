@@ -28,10 +28,11 @@ export function parseEndpoints(raw: string): string[] {
     try {
       url = new URL(ep);
     } catch {
-      throw new CniError(ErrorCode.InvalidConfig, `invalid etcd endpoint ${JSON.stringify(ep)}: expected http(s)://host:port`);
+      throw new CniError(ErrorCode.InvalidConfig, `invalid etcd endpoint ${JSON.stringify(ep)}: expected http(s)://host:port or unix:///path`);
     }
-    if (url.protocol !== 'http:' && url.protocol !== 'https:') {
-      throw new CniError(ErrorCode.InvalidConfig, `invalid etcd endpoint ${JSON.stringify(ep)}: scheme must be http or https`);
+    // unix:// reaches an etcd listening on a socket file, from any network namespace.
+    if (url.protocol !== 'http:' && url.protocol !== 'https:' && url.protocol !== 'unix:') {
+      throw new CniError(ErrorCode.InvalidConfig, `invalid etcd endpoint ${JSON.stringify(ep)}: scheme must be http, https or unix`);
     }
   }
   return eps;

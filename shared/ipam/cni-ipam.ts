@@ -90,14 +90,17 @@ export function resultOf(version: string, allocations: readonly Allocation[]): R
 
 export async function ipamAdd(call: IpamCall): Promise<Result> {
   const alloc = allocatorFor(call);
-  const outcome = await alloc.assign(assignRequest(call));
+  const req = assignRequest(call);
+  const outcome = await alloc.assign(req);
   call.log.info(outcome.existing ? 'handle already holds addresses' : 'assigned', {
     handle: handleIdFor(call.conf, call.env.containerId),
     ips: outcome.allocations.map((a) => a.address),
     attempts: alloc.stats.attempts,
     roundTrips: call.store.roundTrips,
   });
-  return resultOf(call.version, outcome.allocations);
+  // Upstream reports explicitly requested addresses (IP=, runtimeConfig.ips) as /32 or /128, not block-masked.
+  const allocations = req.ips ? outcome.allocations.map((a) => ({ ...a, address: `${a.ip}/${a.family === 4 ? 32 : 128}` })) : outcome.allocations;
+  return resultOf(call.version, allocations);
 }
 
 /** Releases both handle forms; nothing held is success, so DEL can be repeated. */
