@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
-# Builds dist/calico and dist/calico-ipam: one self-contained JavaScript file each (ncc bundle with the
-# etcd3 .proto files embedded), executable, started by node through env(1).
+# Builds dist/calico and dist/calico-ipam: one self-contained JavaScript file each, executable, started by
+# node through env(1). Each file is a small launcher (shared/launch/launcher.ts) that answers VERSION by
+# itself and carries the plugin (an ncc bundle, with etcd3's .proto files embedded) as a base64 comment,
+# so VERSION does not pay for parsing the whole bundle.
 #
 # Usage: scripts/build-binaries.sh [--sea]
 #   --sea   also build dist/sea/calico and dist/sea/calico-ipam: Node single executable applications with
@@ -11,29 +13,40 @@ SEA=0
 for a in "$@"; do case $a in --sea) SEA=1 ;; *) echo "unknown argument $a" >&2; exit 2 ;; esac; done
 
 node scripts/gen-etcd3-protos.mjs >/dev/null
-mkdir -p dist build/ncc
+mkdir -p dist build
+# A private work dir per run, so two builds at once never read each other's halves.
+NCC=$(mktemp -d build/ncc.XXXXXX)
+trap 'rm -rf "$NCC"' EXIT
 # The -u drops NODE_EXTRA_CA_CERTS, which runtimes pass through from their own environment: Node would
 # parse that bundle on every start (~45 ms). etcd TLS uses etcd_ca_cert_file, not that variable.
 SHEBANG='#!/usr/bin/env -S -u NODE_EXTRA_CA_CERTS node'
+ncc() { npx --no-install ncc build "$1" -o "$2" -q --target es2022 >/dev/null && [ -s "$2/index.js" ]; }
+
+ncc shared/launch/launcher.ts "$NCC/launcher"
 for p in calico calico-ipam; do
-  rm -rf "build/ncc/$p"
-  npx --no-install ncc build "plugins/$p/main.ts" -o "build/ncc/$p" -q --target es2022 >/dev/null
-  { echo "$SHEBANG"; cat "build/ncc/$p/index.js"; } >"dist/$p.tmp"
-  chmod 755 "dist/$p.tmp"
-  mv -f "dist/$p.tmp" "dist/$p"   # atomic: a runtime never execs a half-written file
+  ncc "plugins/$p/main.ts" "$NCC/$p"
+  out="dist/$p.tmp.$$"
+  {
+    echo "$SHEBANG"
+    cat "$NCC/launcher/index.js"
+    printf '\n/*CALICO-TS-PAYLOAD:'
+    base64 -w0 "$NCC/$p/index.js"
+    printf '*/\n'
+  } >"$out"
+  chmod 755 "$out"
+  mv -f "$out" "dist/$p" # atomic: a runtime never execs a half-written file
   echo "built dist/$p ($(($(stat -c %s "dist/$p") / 1024)) KiB)"
 done
 
 if [ "$SEA" = 1 ]; then
   mkdir -p dist/sea
   for p in calico calico-ipam; do
-    cfg="build/ncc/$p/sea.json"
-    echo "{\"main\":\"build/ncc/$p/index.js\",\"output\":\"build/ncc/$p/sea.blob\",\"disableExperimentalSEAWarning\":true,\"useCodeCache\":true}" >"$cfg"
-    node --experimental-sea-config "$cfg" >/dev/null
-    cp "$(command -v node)" "dist/sea/$p.tmp"
-    npx --no-install postject "dist/sea/$p.tmp" NODE_SEA_BLOB "build/ncc/$p/sea.blob" \
+    echo "{\"main\":\"$NCC/$p/index.js\",\"output\":\"$NCC/$p/sea.blob\",\"disableExperimentalSEAWarning\":true,\"useCodeCache\":true}" >"$NCC/$p/sea.json"
+    node --experimental-sea-config "$NCC/$p/sea.json" >/dev/null
+    cp "$(command -v node)" "dist/sea/$p.tmp.$$"
+    npx --no-install postject "dist/sea/$p.tmp.$$" NODE_SEA_BLOB "$NCC/$p/sea.blob" \
       --sentinel-fuse NODE_SEA_FUSE_fce680ab2cc467b6e072b8b5df1996b2 >/dev/null 2>&1
-    mv -f "dist/sea/$p.tmp" "dist/sea/$p"
+    mv -f "dist/sea/$p.tmp.$$" "dist/sea/$p"
     echo "built dist/sea/$p (single executable)"
   done
 fi

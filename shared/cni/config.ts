@@ -39,6 +39,8 @@ export const NetConfSchema = z.looseObject({
 
   // Calico's netconf (cni-plugin/pkg/types/types.go).
   datastore_type: z.string().optional(),
+  /** calico-ts: "grpc" (etcd3 client, default) or "http" (etcd's JSON gateway; much faster start). */
+  etcd_transport: z.enum(['grpc', 'http']).optional(),
   etcd_endpoints: z.string().optional(),
   etcd_discovery_srv: z.string().optional(),
   etcd_key_file: z.string().optional(),

@@ -3,6 +3,7 @@
  * VERSION, which podman calls before every ADD and DEL, is answered before anything heavy is loaded.
  */
 import fs from 'node:fs';
+import tty from 'node:tty';
 import { CniError, ErrorCode, errorObject, loggedErrors, toCniError } from './errors';
 import { CURRENT_VERSION, SUPPORTED_VERSIONS } from './version';
 import type { CniEnv } from './env';
@@ -41,16 +42,33 @@ export function versionInfo(): string {
   return JSON.stringify({ cniVersion: CURRENT_VERSION, supportedVersions: SUPPORTED_VERSIONS });
 }
 
+/**
+ * Reads stdin to EOF, as Go's skel does. tty.isatty (not process.stdin, whose creation switches fd 0 to
+ * non-blocking) decides "no input"; a non-blocking pipe the runtime has not written yet (EAGAIN) is waited
+ * for, not taken as an empty config.
+ */
 function readStdin(): string {
-  if (process.stdin.isTTY) return '';
-  try {
-    return fs.readFileSync(0, 'utf8');
-  } catch (e) {
-    const code = (e as NodeJS.ErrnoException).code;
-    // EAGAIN: a non-blocking empty pipe; EOF without data reads as ''.
-    if (code === 'EAGAIN' || code === 'EOF') return '';
-    throw new CniError(ErrorCode.IOFailure, `failed to read network configuration from stdin: ${(e as Error).message}`);
+  if (tty.isatty(0)) return '';
+  const chunks: Buffer[] = [];
+  const buf = Buffer.alloc(64 * 1024);
+  const pause = new Int32Array(new SharedArrayBuffer(4));
+  for (;;) {
+    let n: number;
+    try {
+      n = fs.readSync(0, buf, 0, buf.length, null);
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code;
+      if (code === 'EAGAIN') {
+        Atomics.wait(pause, 0, 0, 2);
+        continue;
+      }
+      if (code === 'EOF') break;
+      throw new CniError(ErrorCode.IOFailure, `failed to read network configuration from stdin: ${(e as Error).message}`);
+    }
+    if (n === 0) break;
+    chunks.push(Buffer.from(buf.subarray(0, n)));
   }
+  return Buffer.concat(chunks).toString('utf8');
 }
 
 /** Best effort: the version to stamp on an error printed before the config was validated. */

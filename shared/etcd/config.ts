@@ -2,8 +2,12 @@ import { CniError, ErrorCode } from '../cni/errors';
 import type { NetConf } from '../cni/config';
 
 /** How to reach etcd: resolved from the netconf first, then from the environment, as upstream does. */
+export type EtcdTransport = 'grpc' | 'http';
+
 export interface EtcdConfig {
   endpoints: string[];
+  /** grpc: the etcd3 client (default); http: etcd's JSON gateway over node:http (much lighter start). */
+  transport: EtcdTransport;
   caFile?: string;
   certFile?: string;
   keyFile?: string;
@@ -42,7 +46,7 @@ export function parseEndpoints(raw: string): string[] {
  * Netconf keys win over ETCD_* variables (upstream exports the netconf into the environment and then reads
  * it). Only the etcdv3 datastore exists here; "kubernetes" is refused with a clear message.
  */
-export function resolveEtcdConfig(conf: Pick<NetConf, 'datastore_type' | 'etcd_endpoints' | 'etcd_discovery_srv' | 'etcd_key_file' | 'etcd_cert_file' | 'etcd_ca_cert_file' | 'etcd_username' | 'etcd_password'>, env: Env): EtcdConfig {
+export function resolveEtcdConfig(conf: Pick<NetConf, 'etcd_transport' | 'datastore_type' | 'etcd_endpoints' | 'etcd_discovery_srv' | 'etcd_key_file' | 'etcd_cert_file' | 'etcd_ca_cert_file' | 'etcd_username' | 'etcd_password'>, env: Env): EtcdConfig {
   const endpoints = pick(conf.etcd_endpoints, env.ETCD_ENDPOINTS, env.CALICO_ETCD_ENDPOINTS);
   const type = pick(conf.datastore_type, env.DATASTORE_TYPE, env.CALICO_DATASTORE_TYPE) ?? (endpoints ? 'etcdv3' : 'kubernetes');
   if (type !== 'etcdv3') {
@@ -54,7 +58,11 @@ export function resolveEtcdConfig(conf: Pick<NetConf, 'datastore_type' | 'etcd_e
   if (!endpoints) {
     throw new CniError(ErrorCode.InvalidConfig, 'no etcd endpoints configured: set etcd_endpoints in the network configuration or ETCD_ENDPOINTS');
   }
-  const cfg: EtcdConfig = { endpoints: parseEndpoints(endpoints), requestTimeoutMs: DEFAULT_REQUEST_TIMEOUT_MS };
+  const transport = pick(conf.etcd_transport, env.CALICO_ETCD_TRANSPORT) ?? 'grpc';
+  if (transport !== 'grpc' && transport !== 'http') {
+    throw new CniError(ErrorCode.InvalidConfig, `invalid etcd_transport ${JSON.stringify(transport)}: expected "grpc" or "http"`);
+  }
+  const cfg: EtcdConfig = { endpoints: parseEndpoints(endpoints), transport, requestTimeoutMs: DEFAULT_REQUEST_TIMEOUT_MS };
   const ca = pick(conf.etcd_ca_cert_file, env.ETCD_CA_CERT_FILE);
   const cert = pick(conf.etcd_cert_file, env.ETCD_CERT_FILE);
   const key = pick(conf.etcd_key_file, env.ETCD_KEY_FILE);

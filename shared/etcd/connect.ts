@@ -1,9 +1,13 @@
 import type { NetConf } from '../cni/config';
 import type { Store } from '../store/store';
 import { resolveEtcdConfig } from './config';
-import { EtcdStore } from './store';
+import { HttpEtcdStore } from './http-store';
 
-/** Opens the datastore a netconf names (with ETCD_* variables as fallbacks). */
+/** Opens the datastore a netconf names (with ETCD_* variables as fallbacks), over the chosen transport. */
 export async function openStore(conf: NetConf, env: Readonly<Record<string, string | undefined>> = process.env): Promise<Store> {
-  return EtcdStore.connect(resolveEtcdConfig(conf, env));
+  const cfg = resolveEtcdConfig(conf, env);
+  if (cfg.transport === 'http') return new HttpEtcdStore(cfg);
+  // Loaded only on this path: grpc-js and protobufjs are most of a plugin's start-up time.
+  const { EtcdStore } = await import(/* webpackMode: "eager" */ './store');
+  return EtcdStore.connect(cfg);
 }

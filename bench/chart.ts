@@ -1,0 +1,81 @@
+/** A dependency-free SVG of the latency distributions, calico-ts beside the Go reference plugins. */
+
+interface Series {
+  label: string;
+  samples: number[];
+  color: string;
+}
+
+interface Results {
+  date: string;
+  cnitool: Record<'ours' | 'oursHttp' | 'go', { add: { samples: number[] }; del: { samples: number[] } }>;
+  version: Record<string, { samples: number[] }>;
+  burst: Record<'ours' | 'oursHttp' | 'go', Record<string, unknown>>;
+}
+
+const OURS = '#e4572e';
+const GO = '#2e86ab';
+const HTTP = '#f2a541';
+
+function quantile(s: number[], p: number): number {
+  const x = [...s].sort((a, b) => a - b);
+  return x[Math.min(x.length - 1, Math.floor(p * (x.length - 1) + 0.5))] ?? 0;
+}
+
+function esc(t: string): string {
+  return t.replace(/&/g, '&amp;').replace(/</g, '&lt;');
+}
+
+export function renderChart(r: Results): string {
+  const burstSamples = (b: Record<string, unknown>, k: 'add' | 'del') => ((b[k] as { samples?: number[] } | undefined)?.samples ?? []);
+  const groups: { title: string; series: Series[] }[] = [
+    { title: 'cnitool ADD', series: [{ label: 'calico-ts (grpc)', samples: r.cnitool.ours.add.samples, color: OURS }, { label: 'calico-ts (http)', samples: r.cnitool.oursHttp.add.samples, color: HTTP }, { label: 'ptp+host-local', samples: r.cnitool.go.add.samples, color: GO }] },
+    { title: 'cnitool DEL', series: [{ label: 'calico-ts (grpc)', samples: r.cnitool.ours.del.samples, color: OURS }, { label: 'calico-ts (http)', samples: r.cnitool.oursHttp.del.samples, color: HTTP }, { label: 'ptp+host-local', samples: r.cnitool.go.del.samples, color: GO }] },
+    {
+      title: 'VERSION (direct exec)',
+      series: [
+        { label: 'calico', samples: r.version.calico?.samples ?? [], color: OURS },
+        { label: 'ptp', samples: r.version.ptp?.samples ?? [], color: GO },
+        { label: 'node -e 0', samples: r.version.nodeNoop?.samples ?? [], color: '#888' },
+      ],
+    },
+    { title: 'burst ADD (per op)', series: [{ label: 'calico-ts (grpc)', samples: burstSamples(r.burst.ours, 'add'), color: OURS }, { label: 'calico-ts (http)', samples: burstSamples(r.burst.oursHttp, 'add'), color: HTTP }, { label: 'ptp+host-local', samples: burstSamples(r.burst.go, 'add'), color: GO }] },
+    { title: 'burst DEL (per op)', series: [{ label: 'calico-ts (grpc)', samples: burstSamples(r.burst.ours, 'del'), color: OURS }, { label: 'calico-ts (http)', samples: burstSamples(r.burst.oursHttp, 'del'), color: HTTP }, { label: 'ptp+host-local', samples: burstSamples(r.burst.go, 'del'), color: GO }] },
+  ];
+  const W = 900;
+  const left = 170;
+  const right = 40;
+  const rowH = 26;
+  const groupGap = 34;
+  let y = 50;
+  const parts: string[] = [];
+  for (const g of groups) {
+    const max = Math.max(1, ...g.series.flatMap((s) => s.samples));
+    const scale = (v: number) => left + (v / max) * (W - left - right);
+    parts.push(`<text x="10" y="${y}" font-weight="bold">${esc(g.title)}</text>`);
+    parts.push(`<text x="${W - right}" y="${y}" text-anchor="end" fill="#666">0 … ${max.toFixed(0)} ms</text>`);
+    y += 10;
+    for (const s of g.series) {
+      y += rowH;
+      parts.push(`<text x="20" y="${y + 4}">${esc(s.label)}</text>`);
+      parts.push(`<line x1="${left}" x2="${W - right}" y1="${y}" y2="${y}" stroke="#eee"/>`);
+      for (const v of s.samples) parts.push(`<circle cx="${scale(v).toFixed(1)}" cy="${y}" r="3" fill="${s.color}" fill-opacity="0.35"/>`);
+      if (s.samples.length) {
+        const p50 = quantile(s.samples, 0.5);
+        const p90 = quantile(s.samples, 0.9);
+        parts.push(`<line x1="${scale(p50).toFixed(1)}" x2="${scale(p50).toFixed(1)}" y1="${y - 9}" y2="${y + 9}" stroke="${s.color}" stroke-width="3"/>`);
+        parts.push(`<line x1="${scale(p90).toFixed(1)}" x2="${scale(p90).toFixed(1)}" y1="${y - 6}" y2="${y + 6}" stroke="${s.color}" stroke-width="1.5" stroke-dasharray="2,2"/>`);
+        parts.push(`<text x="${(scale(p50) + 6).toFixed(1)}" y="${y - 8}" font-size="11" fill="${s.color}">p50 ${p50.toFixed(1)} / p90 ${p90.toFixed(1)} ms</text>`);
+      }
+    }
+    y += groupGap;
+  }
+  const H = y;
+  return `<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" font-family="sans-serif" font-size="13">
+<rect width="100%" height="100%" fill="white"/>
+<text x="10" y="22" font-size="16" font-weight="bold">calico-ts vs Go reference plugins (same run, ${esc(r.date.slice(0, 10))}): latency, ms</text>
+<text x="10" y="38" font-size="11" fill="#666">dots: samples; thick bar: p50; dashed bar: p90. Each group has its own scale.</text>
+${parts.join('\n')}
+</svg>
+`;
+}

@@ -1,0 +1,362 @@
+/**
+ * Side-by-side benchmark: calico-ts (calico + in-process calico-ipam, etcd on loopback) against Debian's Go
+ * reference plugins (ptp + host-local), in the same run, through cnitool and direct execs, with the same
+ * clean runtime-like environment for both. Also bursts, peak RSS and IPAM scale on a 3-member etcd.
+ *
+ * Run with scripts/bench.sh (it builds this file and everything it needs). Writes bench/results/latest.json
+ * and bench/results/latest.svg.
+ */
+import { execFile, spawn } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { promisify } from 'node:util';
+import { Allocator } from '../shared/ipam/allocator';
+import { addPool } from '../shared/ipam/pools';
+import { HttpEtcdStore } from '../shared/etcd/http-store';
+import { DEFAULT_REQUEST_TIMEOUT_MS } from '../shared/etcd/config';
+import { startEtcd } from '../test/helpers/etcd';
+import { startEtcdCluster } from '../test/helpers/etcd-cluster';
+import { checkIpamInvariants } from '../test/helpers/ipam-invariants';
+import { renderChart } from './chart';
+
+const exec = promisify(execFile);
+const ROOT = path.resolve(process.env.CALICO_TS_ROOT ?? process.cwd());
+const DIST = path.join(ROOT, 'dist');
+const CNITOOL = process.env.CNITOOL ?? path.join(ROOT, 'build/tools/cnitool');
+const GO = '/usr/lib/cni';
+const N = Number(process.env.BENCH_N ?? 30);
+const BURST = Number(process.env.BENCH_BURST ?? 50);
+const SCALE_HOSTS = Number(process.env.BENCH_HOSTS ?? 100);
+const SCALE_ADDRS = Number(process.env.BENCH_ADDRS ?? 60);
+const CLEAN_PATH = '/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin';
+
+interface Stats {
+  n: number;
+  p50: number;
+  p90: number;
+  min: number;
+  max: number;
+  samples: number[];
+}
+
+function stats(samples: number[]): Stats {
+  const s = [...samples].sort((a, b) => a - b);
+  const q = (p: number) => s[Math.min(s.length - 1, Math.floor(p * (s.length - 1) + 0.5))] ?? NaN;
+  const r = (x: number) => Math.round(x * 100) / 100;
+  return { n: s.length, p50: r(q(0.5)), p90: r(q(0.9)), min: r(s[0] ?? NaN), max: r(s[s.length - 1] ?? NaN), samples: samples.map(r) };
+}
+
+function timed(file: string, args: string[], env: Record<string, string>, stdin = ''): Promise<{ ms: number; code: number; stdout: string; stderr: string }> {
+  return new Promise((resolve) => {
+    const t0 = process.hrtime.bigint();
+    const child = spawn(file, args, { env, stdio: ['pipe', 'pipe', 'pipe'] });
+    let stdout = '';
+    let stderr = '';
+    child.stdout.on('data', (c: Buffer) => (stdout += c.toString()));
+    child.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
+    child.on('close', (code) => resolve({ ms: Number(process.hrtime.bigint() - t0) / 1e6, code: code ?? 1, stdout, stderr }));
+    child.stdin.end(stdin);
+  });
+}
+
+async function netnsAdd(name: string): Promise<string> {
+  await exec('ip', ['netns', 'add', name]);
+  return `/var/run/netns/${name}`;
+}
+async function netnsDel(name: string): Promise<void> {
+  await exec('ip', ['netns', 'del', name]).catch(() => undefined);
+}
+
+interface Contender {
+  label: string;
+  network: string;
+  confDir: string;
+  cniPath: string;
+}
+
+function writeConf(dir: string, conf: object): string {
+  fs.mkdirSync(dir, { recursive: true });
+  const file = path.join(dir, 'bench.conflist');
+  fs.writeFileSync(file, JSON.stringify(conf, null, 2));
+  return file;
+}
+
+function cnitoolEnv(c: Contender): Record<string, string> {
+  return { PATH: CLEAN_PATH, NETCONFPATH: c.confDir, CNI_PATH: c.cniPath };
+}
+
+async function burst(c: Contender, tag: string): Promise<Record<string, unknown>> {
+  const names = Array.from({ length: BURST }, (_, i) => `${tag}-${i}`);
+  const paths = await Promise.all(names.map(netnsAdd));
+  try {
+    const t0 = Date.now();
+    const adds = await Promise.all(paths.map((p) => timed(CNITOOL, ['add', c.network, p], cnitoolEnv(c))));
+    const addTotal = Date.now() - t0;
+    const ips = adds.flatMap((a) => {
+      try {
+        return [(JSON.parse(a.stdout) as { ips: { address: string }[] }).ips[0]?.address ?? ''];
+      } catch {
+        return [];
+      }
+    });
+    const t1 = Date.now();
+    const dels = await Promise.all(paths.map((p) => timed(CNITOOL, ['del', c.network, p], cnitoolEnv(c))));
+    const delTotal = Date.now() - t1;
+    const a = stats(adds.map((x) => x.ms));
+    const d = stats(dels.map((x) => x.ms));
+    return {
+      parallel: BURST,
+      addOk: adds.filter((x) => x.code === 0).length,
+      delOk: dels.filter((x) => x.code === 0).length,
+      addTotalMs: addTotal,
+      delTotalMs: delTotal,
+      add: { p50: a.p50, p90: a.p90, samples: a.samples },
+      del: { p50: d.p50, p90: d.p90, samples: d.samples },
+      distinctAddresses: new Set(ips).size,
+      firstError: adds.find((x) => x.code !== 0)?.stdout.slice(0, 300),
+    };
+  } finally {
+    await Promise.all(names.map(netnsDel));
+  }
+}
+
+async function peakRssKb(file: string, env: Record<string, string>, stdin: string): Promise<number> {
+  const r = await timed('/usr/bin/time', ['-f', 'RSS=%M', file], env, stdin);
+  const m = /RSS=(\d+)/.exec(r.stderr);
+  if (r.code !== 0 || !m) throw new Error(`peak RSS run of ${file} failed: ${r.stderr}${r.stdout}`);
+  return Number(m[1]);
+}
+
+async function rss(etcdEndpoint: string, transport: 'grpc' | 'http'): Promise<Record<string, number>> {
+  const ns = `ctsbench-rss-${transport}`;
+  const p = await netnsAdd(ns);
+  try {
+    const conf = JSON.stringify({ cniVersion: '1.0.0', name: 'rssnet', type: 'calico', etcd_endpoints: etcdEndpoint, etcd_transport: transport, nodename: 'bench-rss', ipam: { type: 'calico-ipam' } });
+    const env = { PATH: CLEAN_PATH, CNI_COMMAND: 'ADD', CNI_CONTAINERID: 'rss1', CNI_NETNS: p, CNI_IFNAME: 'eth0', CNI_PATH: DIST };
+    const calicoAdd = await peakRssKb(path.join(DIST, 'calico'), env, conf);
+    const calicoDel = await peakRssKb(path.join(DIST, 'calico'), { ...env, CNI_COMMAND: 'DEL' }, conf);
+    const calicoVersion = await peakRssKb(path.join(DIST, 'calico'), { PATH: CLEAN_PATH, CNI_COMMAND: 'VERSION' }, '{}');
+    const dataDir = fs.mkdtempSync(path.join(os.tmpdir(), 'ctsbench-hl-'));
+    const ptpConf = JSON.stringify({ cniVersion: '1.0.0', name: 'rssgo', type: 'ptp', ipam: { type: 'host-local', subnet: '10.89.0.0/16', dataDir } });
+    const ptpAdd = await peakRssKb(path.join(GO, 'ptp'), { ...env, CNI_PATH: GO, CNI_CONTAINERID: 'rss2' }, ptpConf);
+    await timed(path.join(GO, 'ptp'), [], { ...env, CNI_PATH: GO, CNI_CONTAINERID: 'rss2', CNI_COMMAND: 'DEL' }, ptpConf);
+    fs.rmSync(dataDir, { recursive: true, force: true });
+    return { calicoAddKb: calicoAdd, calicoDelKb: calicoDel, calicoVersionKb: calicoVersion, ptpAddKb: ptpAdd };
+  } finally {
+    await netnsDel(ns);
+  }
+}
+
+async function versionSeries(): Promise<Record<string, Stats>> {
+  const run = async (file: string, args: string[], env: Record<string, string>) => {
+    const out: number[] = [];
+    for (let i = 0; i < 3; i++) await timed(file, args, env, '{"cniVersion":"1.0.0"}');
+    for (let i = 0; i < N; i++) out.push((await timed(file, args, env, '{"cniVersion":"1.0.0"}')).ms);
+    return stats(out);
+  };
+  const env = { PATH: CLEAN_PATH, CNI_COMMAND: 'VERSION' };
+  return {
+    calico: await run(path.join(DIST, 'calico'), [], env),
+    calicoIpam: await run(path.join(DIST, 'calico-ipam'), [], env),
+    ptp: await run(path.join(GO, 'ptp'), [], env),
+    nodeNoop: await run(process.execPath, ['-e', '0'], { PATH: CLEAN_PATH }),
+  };
+}
+
+/** Many hosts allocate at once against a 3-member cluster, each host one ADD after another. */
+async function ipamScale(): Promise<Record<string, unknown>> {
+  const cluster = await startEtcdCluster(3);
+  const store = new HttpEtcdStore({ endpoints: cluster.endpoints.split(','), transport: 'http', requestTimeoutMs: DEFAULT_REQUEST_TIMEOUT_MS });
+  try {
+    await addPool(store, { cidr: '10.200.0.0/14', name: 'scale' });
+    const allocs = Array.from({ length: SCALE_HOSTS }, (_, h) => new Allocator({ store, node: `scale-host-${h}` }));
+    const ips: string[] = [];
+    const before = store.roundTrips;
+    const t0 = Date.now();
+    await Promise.all(
+      allocs.map(async (a, h) => {
+        for (let i = 0; i < SCALE_ADDRS; i++) {
+          const out = await a.assign({ handleId: `scale.h${h}-c${i}`, attrs: { node: `scale-host-${h}` }, families: [{ family: 4 }] });
+          ips.push(...out.allocations.map((x) => x.ip));
+        }
+      }),
+    );
+    const ms = Date.now() - t0;
+    const total = SCALE_HOSTS * SCALE_ADDRS;
+    // Steady state: one more ADD on a host whose block has room.
+    const probe = new Allocator({ store, node: 'scale-host-0' });
+    const rt0 = store.roundTrips;
+    await probe.assign({ handleId: 'scale.probe', attrs: { node: 'scale-host-0' }, families: [{ family: 4 }] });
+    const steady = store.roundTrips - rt0;
+    const [kvs] = await store.read([{ prefix: '/calico/ipam/' }]);
+    const violations = checkIpamInvariants(new Map((kvs ?? []).map((kv) => [kv.key, kv.value])));
+    return {
+      hosts: SCALE_HOSTS,
+      addressesPerHost: SCALE_ADDRS,
+      allocations: total,
+      seconds: ms / 1000,
+      allocationsPerSecond: Math.round((total / ms) * 1000),
+      roundTripsPerAdd: Math.round(((store.roundTrips - before) / total) * 100) / 100,
+      steadyStateRoundTrips: steady,
+      attempts: allocs.reduce((n, a) => n + a.stats.attempts, 0),
+      conflictsRetried: allocs.reduce((n, a) => n + a.stats.conflicts, 0),
+      duplicates: ips.length - new Set(ips).size,
+      invariantViolations: violations.length,
+    };
+  } finally {
+    await store.close();
+    await cluster.stop();
+  }
+}
+
+function ratio(a: number, b: number): number {
+  return Math.round((a / b) * 100) / 100;
+}
+
+async function main(): Promise<void> {
+  for (const f of [path.join(DIST, 'calico'), path.join(DIST, 'calico-ipam'), CNITOOL, path.join(GO, 'ptp')]) {
+    if (!fs.existsSync(f)) throw new Error(`${f} missing: run scripts/bench.sh (it sets everything up)`);
+  }
+  const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'ctsbench-'));
+  const etcd = await startEtcd();
+  try {
+    const pool = await timed(path.join(DIST, 'calico-ipam'), ['pool', 'add', '10.210.0.0/16', '--etcd-endpoints', etcd.endpoint], { PATH: CLEAN_PATH });
+    if (pool.code !== 0) throw new Error(pool.stderr);
+    const ours: Contender = {
+      label: 'calico-ts (calico + calico-ipam in-process)',
+      network: 'benchnet',
+      confDir: path.dirname(writeConf(path.join(tmp, 'ours'), {
+        cniVersion: '1.0.0', name: 'benchnet',
+        plugins: [{ type: 'calico', etcd_endpoints: etcd.endpoint, nodename: 'bench-node', log_level: 'warn', ipam: { type: 'calico-ipam' } }],
+      })),
+      cniPath: `${DIST}:${GO}`,
+    };
+    const oursHttp: Contender = {
+      label: 'calico-ts, etcd_transport "http"',
+      network: 'benchhttp',
+      confDir: path.dirname(writeConf(path.join(tmp, 'ourshttp'), {
+        cniVersion: '1.0.0', name: 'benchhttp',
+        plugins: [{ type: 'calico', etcd_endpoints: etcd.endpoint, etcd_transport: 'http', nodename: 'bench-node-http', log_level: 'warn', ipam: { type: 'calico-ipam' } }],
+      })),
+      cniPath: `${DIST}:${GO}`,
+    };
+    const go: Contender = {
+      label: 'Go reference (ptp + host-local)',
+      network: 'gobench',
+      confDir: path.dirname(writeConf(path.join(tmp, 'go'), {
+        cniVersion: '1.0.0', name: 'gobench',
+        plugins: [{ type: 'ptp', ipMasq: false, mtu: 1500, ipam: { type: 'host-local', subnet: '10.88.0.0/16', dataDir: path.join(tmp, 'hl') } }],
+      })),
+      cniPath: GO,
+    };
+    // Warm up (first runs also write the V8 code cache).
+    await addDelSeriesN(ours, 'ctsbench-warm', 3);
+    await addDelSeriesN(oursHttp, 'ctsbench-warmhttp', 3);
+    await addDelSeriesN(go, 'ctsbench-warmgo', 3);
+    console.error('bench: VERSION');
+    const version = await versionSeries();
+    console.error('bench: ADD/DEL through cnitool, interleaved');
+    const oursSeries = { add: [] as number[], del: [] as number[] };
+    const goSeries = { add: [] as number[], del: [] as number[] };
+    const httpSeries = { add: [] as number[], del: [] as number[] };
+    for (let round = 0; round < N; round += 5) {
+      const o = await addDelSeriesN(ours, `ctsbench-o${round}`, Math.min(5, N - round));
+      const g = await addDelSeriesN(go, `ctsbench-g${round}`, Math.min(5, N - round));
+      const h = await addDelSeriesN(oursHttp, `ctsbench-h${round}`, Math.min(5, N - round));
+      httpSeries.add.push(...h.add);
+      httpSeries.del.push(...h.del);
+      oursSeries.add.push(...o.add);
+      oursSeries.del.push(...o.del);
+      goSeries.add.push(...g.add);
+      goSeries.del.push(...g.del);
+    }
+    console.error(`bench: burst of ${BURST}`);
+    const burstOurs = await burst(ours, 'ctsbench-bo');
+    const burstGo = await burst(go, 'ctsbench-bg');
+    const burstHttp = await burst(oursHttp, 'ctsbench-bh');
+    console.error('bench: peak RSS');
+    const mem = await rss(etcd.endpoint, 'grpc');
+    const memHttp = await rss(etcd.endpoint, 'http');
+    console.error(`bench: IPAM scale ${SCALE_HOSTS} hosts x ${SCALE_ADDRS}`);
+    const scale = await ipamScale();
+
+    const oAdd = stats(oursSeries.add);
+    const oDel = stats(oursSeries.del);
+    const gAdd = stats(goSeries.add);
+    const gDel = stats(goSeries.del);
+    const hAdd = stats(httpSeries.add);
+    const hDel = stats(httpSeries.del);
+    const targetsFor = (label: string, add: Stats, del: Stats, b: Record<string, unknown>, m: Record<string, number>) =>
+      [
+        { what: 'cnitool ADD p50 <= 3x ptp+host-local', value: ratio(add.p50, gAdd.p50), limit: 3 },
+        { what: 'cnitool DEL p50 <= 1.5x ptp+host-local', value: ratio(del.p50, gDel.p50), limit: 1.5 },
+        { what: 'VERSION p50 <= 1.3x node -e 0', value: ratio(version.calico?.p50 ?? NaN, version.nodeNoop?.p50 ?? NaN), limit: 1.3 },
+        { what: `${BURST} parallel ADDs total <= 3000 ms`, value: Number(b.addTotalMs), limit: 3000 },
+        { what: `${BURST} parallel ADDs all succeed with distinct addresses`, value: Number(b.addOk === BURST && b.distinctAddresses === BURST), limit: 1, atLeast: true },
+        { what: 'steady-state ADD etcd round trips <= 3', value: Number(scale.steadyStateRoundTrips), limit: 3 },
+        { what: 'one plugin process peak RSS <= 60 MB', value: Math.round(Math.max(m.calicoAddKb ?? 0, m.calicoDelKb ?? 0) / 1024), limit: 60 },
+        { what: 'IPAM scale: 0 duplicate addresses', value: Number(scale.duplicates), limit: 0 },
+      ].map((t) => ({ config: label, ...t, met: 'atLeast' in t && t.atLeast ? t.value >= t.limit : t.value <= t.limit }));
+    const targets = [...targetsFor('etcd_transport grpc (default)', oAdd, oDel, burstOurs, mem), ...targetsFor('etcd_transport http', hAdd, hDel, burstHttp, memHttp)];
+
+    const results = {
+      date: new Date().toISOString(),
+      machine: { cpus: os.cpus().length, cpuModel: os.cpus()[0]?.model, memGiB: Math.round(os.totalmem() / 2 ** 30), kernel: os.release(), node: process.version },
+      n: N,
+      version,
+      cnitool: { ours: { label: ours.label, add: oAdd, del: oDel }, oursHttp: { label: oursHttp.label, add: hAdd, del: hDel }, go: { label: go.label, add: gAdd, del: gDel } },
+      burst: { ours: burstOurs, oursHttp: burstHttp, go: burstGo },
+      peakRssKb: { grpc: mem, http: memHttp },
+      ipamScale: scale,
+      targets,
+    };
+    const outDir = path.join(ROOT, 'bench/results');
+    fs.mkdirSync(outDir, { recursive: true });
+    fs.writeFileSync(path.join(outDir, 'latest.json'), JSON.stringify(results, null, 2) + '\n');
+    fs.writeFileSync(path.join(outDir, 'latest.svg'), renderChart(results));
+    const row = (what: string, a: string, b: string, c: string) => console.log(`${what.padEnd(26)}${a.padEnd(22)}${b.padEnd(22)}${c}`);
+    row('\nmeasurement (p50/p90)', 'calico-ts grpc', 'calico-ts http', 'Go ptp+host-local');
+    row('cnitool ADD (ms)', `${oAdd.p50} / ${oAdd.p90}`, `${hAdd.p50} / ${hAdd.p90}`, `${gAdd.p50} / ${gAdd.p90}`);
+    row('cnitool DEL (ms)', `${oDel.p50} / ${oDel.p90}`, `${hDel.p50} / ${hDel.p90}`, `${gDel.p50} / ${gDel.p90}`);
+    row('VERSION (ms)', `${version.calico?.p50} / ${version.calico?.p90}`, '(same binary)', `${version.ptp?.p50} / ${version.ptp?.p90}  node -e 0: ${version.nodeNoop?.p50}`);
+    row(`burst ${BURST} ADD total (ms)`, String(burstOurs.addTotalMs), String(burstHttp.addTotalMs), String(burstGo.addTotalMs));
+    row(`burst ${BURST} DEL total (ms)`, String(burstOurs.delTotalMs), String(burstHttp.delTotalMs), String(burstGo.delTotalMs));
+    row('peak RSS ADD (MB)', String(Math.round((mem.calicoAddKb ?? 0) / 1024)), String(Math.round((memHttp.calicoAddKb ?? 0) / 1024)), String(Math.round((mem.ptpAddKb ?? 0) / 1024)));
+    console.log(`IPAM scale (3-member etcd): ${JSON.stringify(scale)}`);
+    console.log('\ntargets:');
+    for (const t of targets) console.log(`  ${t.met ? 'met    ' : 'MISSED '} [${t.config}] ${t.what}: ${t.value}`);
+    console.log(`\nwrote ${path.relative(ROOT, path.join(outDir, 'latest.json'))} and latest.svg`);
+  } finally {
+    await etcd.stop();
+    fs.rmSync(tmp, { recursive: true, force: true });
+  }
+}
+
+async function addDelSeriesN(c: Contender, tag: string, n: number): Promise<{ add: number[]; del: number[] }> {
+  const add: number[] = [];
+  const del: number[] = [];
+  for (let i = 0; i < n; i++) {
+    const name = `${tag}-${i}`;
+    const ns = await netnsAdd(name);
+    try {
+      const a = await timed(CNITOOL, ['add', c.network, ns], cnitoolEnv(c));
+      if (a.code !== 0) throw new Error(`${c.label} ADD failed: ${a.stderr}${a.stdout}`);
+      add.push(a.ms);
+      const d = await timed(CNITOOL, ['del', c.network, ns], cnitoolEnv(c));
+      if (d.code !== 0) throw new Error(`${c.label} DEL failed: ${d.stderr}${d.stdout}`);
+      del.push(d.ms);
+    } finally {
+      await netnsDel(name);
+    }
+  }
+  return { add, del };
+}
+
+main().then(
+  () => process.exit(0),
+  (e: unknown) => {
+    console.error(`bench failed: ${e instanceof Error ? e.message : String(e)}`);
+    process.exit(1);
+  },
+);

@@ -1,0 +1,77 @@
+/**
+ * The first code of each binary. The plugin itself (~2.5 MB bundled) rides behind this launcher as a
+ * base64 comment, so answering VERSION (podman asks before every ADD and DEL) parses a few KB instead of
+ * the whole bundle. Every other call decodes the payload and compiles it with a V8 code cache kept in
+ * /var/cache/calico-ts (or CALICO_TS_CACHE_DIR; CALICO_TS_CODE_CACHE=0 turns it off), which spares
+ * most of the compile time on every later start.
+ */
+import fs from 'node:fs';
+import { createRequire } from 'node:module';
+import path from 'node:path';
+import vm from 'node:vm';
+import { CURRENT_VERSION, SUPPORTED_VERSIONS } from '../cni/version';
+
+export const PAYLOAD_MARK = '/*CALICO-TS-PAYLOAD:';
+
+function answerVersion(): void {
+  if (!process.stdin.isTTY) {
+    try {
+      fs.readFileSync(0);
+    } catch {
+      // nothing to drain
+    }
+  }
+  process.stdout.write(`${JSON.stringify({ cniVersion: CURRENT_VERSION, supportedVersions: SUPPORTED_VERSIONS })}\n`);
+}
+
+function cachePath(self: string, st: fs.Stats): string | undefined {
+  if (process.env.CALICO_TS_CODE_CACHE === '0') return undefined;
+  const dir = process.env.CALICO_TS_CACHE_DIR || '/var/cache/calico-ts';
+  const id = `${path.basename(self)}-${st.ino}-${st.size}-${Math.trunc(st.mtimeMs)}-${process.version}-${process.arch}`;
+  return path.join(dir, `${id}.v8cache`);
+}
+
+function readCache(file: string | undefined): Buffer | undefined {
+  if (!file) return undefined;
+  try {
+    return fs.readFileSync(file);
+  } catch {
+    return undefined;
+  }
+}
+
+/** Written once (atomically) when there was no usable cache; a failure to write is never an error. */
+function writeCacheOnExit(file: string, script: vm.Script): void {
+  process.once('exit', () => {
+    try {
+      const data = script.createCachedData();
+      fs.mkdirSync(path.dirname(file), { recursive: true, mode: 0o700 });
+      const tmp = `${file}.${process.pid}.tmp`;
+      fs.writeFileSync(tmp, data, { mode: 0o600 });
+      fs.renameSync(tmp, file);
+    } catch {
+      // read-only or full disk: start without a cache next time too
+    }
+  });
+}
+
+function runPayload(self: string): void {
+  const text = fs.readFileSync(self, 'latin1');
+  const at = text.lastIndexOf(PAYLOAD_MARK);
+  const end = text.lastIndexOf('*/');
+  if (at < 0 || end < at) throw new Error(`${self}: payload missing (rebuild with scripts/build-binaries.sh)`);
+  const code = Buffer.from(text.slice(at + PAYLOAD_MARK.length, end), 'base64').toString('utf8');
+  const st = fs.statSync(self);
+  const cacheFile = cachePath(self, st);
+  const cachedData = readCache(cacheFile);
+  const wrapped = `(function (exports, require, module, __filename, __dirname) {${code}\n})`;
+  const script = new vm.Script(wrapped, { filename: self, ...(cachedData ? { cachedData } : {}) });
+  if (cacheFile && (!cachedData || script.cachedDataRejected)) writeCacheOnExit(cacheFile, script);
+  const fn = script.runInThisContext() as (e: object, r: NodeJS.Require, m: object, f: string, d: string) => void;
+  const mod = { exports: {} };
+  fn(mod.exports, createRequire(self), mod, self, path.dirname(self));
+}
+
+const self = fs.realpathSync(process.argv[1] ?? __filename);
+if (process.env.CNI_COMMAND === 'VERSION') answerVersion();
+else runPayload(self);
