@@ -10,6 +10,12 @@ import { setNode, type NodeUpdate } from '../../shared/calico/nodes';
 import { planRoutes, routeArgs } from '../../shared/ipam/routes';
 import { ipamUsage } from '../../shared/ipam/usage';
 import { ip, ipOk } from '../../shared/netlink/exec';
+import { hostVethOwners } from '../../shared/netlink/link';
+import { collectGarbage } from '../../shared/ipam/gc';
+import { Allocator } from '../../shared/ipam/allocator';
+import { cidrContains, parseCidr, parseIp } from '../../shared/ipam/cidr';
+import { keys } from '../../shared/calico/keys';
+import { decodeBlock } from '../../shared/calico/model';
 
 /**
  * Operator commands of calico-ipam, chosen when CNI_COMMAND is unset. The datastore comes from
@@ -29,6 +35,12 @@ Usage:
                                           affinities: blackholes for N's blocks, "via <owner>" for
                                           the others (--apply: ip route replace, stale ones removed)
   calico-ipam show [-o json]              pools, blocks per node, used and free addresses
+  calico-ipam show --ip A                 who holds address A
+  calico-ipam release --ip A | --handle H release one address's handle, or a handle
+  calico-ipam gc --node N [--grace S] [--dry-run]
+                                          node-local GC, run on node N: releases allocations whose
+                                          container has no endpoint and no host veth, stale endpoints,
+                                          and claims left pending, older than the grace (default 300 s)
   calico-ipam --version | --help
 
 Datastore (first that is set):
@@ -222,6 +234,69 @@ async function show(p: Parsed): Promise<number> {
   return 0;
 }
 
+/** The handle holding an address, read from its block. */
+async function holderOf(store: Store, ipText: string): Promise<{ handle: string | undefined; block: string; attrs: Record<string, string> } | undefined> {
+  const ip = parseIp(ipText);
+  if (!ip) throw usage(`${JSON.stringify(ipText)} is not an IP address`);
+  const [blocks] = await store.read([{ prefix: keys.blockPrefix(ip.family) }]);
+  for (const kv of blocks ?? []) {
+    const b = decodeBlock(kv.value);
+    const c = parseCidr(b.cidr);
+    if (!c || !cidrContains(c, ip.family, ip.value)) continue;
+    const idx = b.allocations[Number(ip.value - c.base)];
+    if (idx === null || idx === undefined) return { handle: undefined, block: b.cidr, attrs: {} };
+    const attr = b.attributes?.[idx];
+    return { handle: attr?.handle_id ?? undefined, block: b.cidr, attrs: attr?.secondary ?? {} };
+  }
+  return undefined;
+}
+
+async function showIp(p: Parsed): Promise<number> {
+  const ipText = flag(p, '--ip') ?? '';
+  const h = await withStore(p, (s) => holderOf(s, ipText));
+  if (!h) process.stdout.write(`${ipText}: not in any block\n`);
+  else if (!h.handle) process.stdout.write(`${ipText}: free (block ${h.block})\n`);
+  else process.stdout.write(`${ipText}: held by handle ${h.handle} (block ${h.block}) ${JSON.stringify(h.attrs)}\n`);
+  return h?.handle ? 0 : 1;
+}
+
+async function release(p: Parsed): Promise<number> {
+  const ipText = flag(p, '--ip');
+  const handle = flag(p, '--handle');
+  if (!ipText && !handle) throw usage('release needs --ip or --handle');
+  return withStore(p, async (s) => {
+    const target = handle ?? (await holderOf(s, ipText ?? ''))?.handle;
+    if (!target) {
+      process.stderr.write(`calico-ipam: ${ipText} is not allocated\n`);
+      return 1;
+    }
+    const released = await new Allocator({ store: s, node: 'calico-ipam-cli' }).releaseHandle(target);
+    process.stdout.write(`released handle ${target}: ${released.map((a) => a.ip).join(', ') || 'nothing held'}\n`);
+    return 0;
+  });
+}
+
+async function gc(p: Parsed): Promise<number> {
+  const node = flag(p, '--node');
+  if (!node) throw usage('gc needs --node (run it on that node: it looks at the host veths)');
+  const grace = Number(flag(p, '--grace') ?? '300');
+  if (!Number.isFinite(grace) || grace < 0) throw usage('--grace takes seconds');
+  const owners = hostVethOwners();
+  const actions = await withStore(p, (s) =>
+    collectGarbage(s, {
+      node,
+      graceMs: grace * 1000,
+      dryRun: p.flags.has('--dry-run'),
+      vethOwner: (ifname) => owners.get(ifname),
+      liveVethContainers: new Set(owners.values()),
+    }),
+  );
+  const verb = p.flags.has('--dry-run') ? 'would' : 'did';
+  for (const a of actions) process.stdout.write(`${verb} ${a.kind} ${a.target}: ${a.detail}\n`);
+  process.stdout.write(`gc on ${node}: ${actions.length} action(s)${p.flags.has('--dry-run') ? ' (dry run: nothing changed)' : ''}\n`);
+  return 0;
+}
+
 export async function main(argv: string[]): Promise<number> {
   const p = parseArgv(argv);
   if (p.flags.has('--version') || p.flags.has('-v')) {
@@ -240,7 +315,11 @@ export async function main(argv: string[]): Promise<number> {
     case 'routes':
       return routes(p);
     case 'show':
-      return show(p);
+      return flag(p, '--ip') ? showIp(p) : show(p);
+    case 'release':
+      return release(p);
+    case 'gc':
+      return gc(p);
     default:
       throw usage(`unknown command ${JSON.stringify(p.positional[0] ?? '')}`);
   }

@@ -77,6 +77,8 @@ export function encodeBlock(b: Block): string {
 export const AffinitySchema = z.looseObject({
   state: z.enum(['', 'pending', 'confirmed', 'pendingDeletion']).optional(),
   deleted: z.boolean().optional(),
+  /** calico-ts: when a pending claim started (unix ms), so GC can tell a stuck claim from a live one. */
+  claimTime: z.number().optional(),
 });
 export type Affinity = z.infer<typeof AffinitySchema>;
 
@@ -88,8 +90,8 @@ export function decodeAffinity(text: string): Affinity {
 export function affinityConfirmed(a: Affinity): boolean {
   return a.state === undefined || a.state === '' || a.state === 'confirmed';
 }
-export function encodeAffinity(state: 'pending' | 'confirmed' | 'pendingDeletion'): string {
-  return JSON.stringify({ state, deleted: false });
+export function encodeAffinity(state: 'pending' | 'confirmed' | 'pendingDeletion', claimTimeMs?: number): string {
+  return JSON.stringify(claimTimeMs === undefined ? { state, deleted: false } : { state, deleted: false, claimTime: claimTimeMs });
 }
 
 export const HandleSchema = z.looseObject({

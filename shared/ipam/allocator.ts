@@ -360,7 +360,7 @@ export class Allocator {
     const affKey = keys.hostAffinity(this.node, family, blockCidr);
     const blockKey = keys.block(family, blockCidr);
     const known = snap.affinities.get(family)?.find((a) => a.cidr === blockCidr);
-    const pending = await this.store.txn([guard(affKey, known?.kv)], [{ op: 'put', key: affKey, value: encodeAffinity('pending') }]);
+    const pending = await this.store.txn([guard(affKey, known?.kv)], [{ op: 'put', key: affKey, value: encodeAffinity('pending', this.now()) }]);
     if (!pending.succeeded) throw new Conflict(`affinity ${affKey} changed`);
     const block = newBlock(cidr, this.node, this.now());
     const ord = exactOrd ?? pickOrdinal(block, this.now(), 0)?.ord ?? 0;

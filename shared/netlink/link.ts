@@ -24,3 +24,19 @@ export function linkMac(name: string): string | undefined {
 export function netnsExists(path: string): boolean {
   return fs.existsSync(path);
 }
+
+/** Host veths that name their container in the alias calico-ts gives them: ifname -> container id. */
+export function hostVethOwners(prefix = 'calico-ts:'): Map<string, string> {
+  const out = new Map<string, string>();
+  let names: string[] = [];
+  try {
+    names = fs.readdirSync('/sys/class/net');
+  } catch {
+    return out;
+  }
+  for (const name of names) {
+    const alias = linkAlias(name);
+    if (alias?.startsWith(prefix)) out.set(name, alias.slice(prefix.length));
+  }
+  return out;
+}

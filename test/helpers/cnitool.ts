@@ -46,7 +46,7 @@ export function cnitool(verb: 'add' | 'del' | 'check' | 'status' | 'gc', network
   if (o.args) env.CNI_ARGS = o.args;
   if (o.capArgs) env.CAP_ARGS = o.capArgs;
   if (o.ifname) env.CNI_IFNAME = o.ifname;
-  const argv = verb === 'status' || verb === 'gc' ? [verb, network, netnsPath] : [verb, network, netnsPath];
+  const argv = [verb, network, netnsPath];
   return new Promise((resolve) => {
     execFile(CNITOOL, argv, { env, timeout: 60_000 }, (err, stdout, stderr) => {
       const status = err ? (typeof (err as { code?: unknown }).code === 'number' ? ((err as { code: number }).code) : 1) : 0;

@@ -1,0 +1,120 @@
+import { keys, parseAffinityKey } from '../calico/keys';
+import { affinityConfirmed, decodeAffinity, decodeBlock, decodeHandle, decodeWorkloadEndpoint, type Block } from '../calico/model';
+import type { Store } from '../store/store';
+import { Allocator } from './allocator';
+import { ordinalsOf, ordinalAddress } from './block';
+import { parseCidr } from './cidr';
+
+/*
+ * Node-local garbage collection, the release path upstream lacks without Kubernetes: on one node, find
+ * allocations whose container is gone (no workload endpoint, no host veth that names it) and claims a
+ * killed process left pending, and release them once they are older than a grace period, so an ADD that
+ * is still running is never touched.
+ */
+
+export interface GcOptions {
+  node: string;
+  graceMs: number;
+  dryRun: boolean;
+  now?: number;
+  /** The container id a host veth names in its alias (calico-ts:<id>), or undefined if there is no such link. */
+  vethOwner: (ifname: string) => string | undefined;
+  /** Container ids with a host veth on this node (from the aliases). */
+  liveVethContainers: ReadonlySet<string>;
+}
+
+export interface GcAction {
+  kind: 'release-handle' | 'remove-pending-affinity' | 'remove-endpoint';
+  target: string;
+  detail: string;
+}
+
+/** "2024-01-01 00:00:00.123456789 +0000 UTC" (Go's time.String) -> unix ms. */
+export function parseGoTimestamp(s: string | undefined): number | undefined {
+  if (!s) return undefined;
+  const m = /^(\d{4}-\d{2}-\d{2}) (\d{2}:\d{2}:\d{2})(\.\d+)? \+0000 UTC$/.exec(s);
+  if (!m) {
+    const t = Date.parse(s);
+    return Number.isNaN(t) ? undefined : t;
+  }
+  return Date.parse(`${m[1]}T${m[2]}${(m[3] ?? '').slice(0, 4)}Z`);
+}
+
+/** The container id a handle belongs to: `<network>.<container id>`, matched against known ids. */
+function handleContainer(handleId: string, ids: Iterable<string>): string | undefined {
+  for (const id of ids) if (handleId.endsWith(`.${id}`) || handleId === id) return id;
+  return undefined;
+}
+
+export async function collectGarbage(store: Store, opts: GcOptions): Promise<GcAction[]> {
+  const now = opts.now ?? Date.now();
+  const old = (t: number | undefined) => t === undefined || now - t >= opts.graceMs;
+  const [handles, weps, affs, blocks4, blocks6] = await store.read([
+    { prefix: keys.handlePrefix },
+    { prefix: keys.workloadEndpointPrefix },
+    { prefix: keys.hostAffinityPrefix(opts.node, 4).replace(/ipv4\/block\/$/, '') },
+    { prefix: keys.blockPrefix(4) },
+    { prefix: keys.blockPrefix(6) },
+  ]);
+  const actions: GcAction[] = [];
+  const blocks = new Map<string, Block>();
+  for (const kv of [...(blocks4 ?? []), ...(blocks6 ?? [])]) {
+    const b = decodeBlock(kv.value);
+    blocks.set(b.cidr, b);
+  }
+
+  // Endpoints of this node whose host veth is gone (or names another container) are stale.
+  const liveEndpoints = new Set<string>();
+  for (const kv of weps ?? []) {
+    const wep = decodeWorkloadEndpoint(kv.value);
+    const sp = wep.spec;
+    if (sp.node !== opts.node || !sp.containerID) continue;
+    const vethOk = sp.interfaceName !== undefined && opts.vethOwner(sp.interfaceName) === sp.containerID;
+    const created = wep.metadata.creationTimestamp ? Date.parse(wep.metadata.creationTimestamp) : undefined;
+    if (vethOk || !old(created)) {
+      liveEndpoints.add(sp.containerID);
+      continue;
+    }
+    actions.push({ kind: 'remove-endpoint', target: kv.key, detail: `host veth ${sp.interfaceName ?? '?'} of container ${sp.containerID} is gone` });
+    if (!opts.dryRun) await store.txn([{ key: kv.key, modRevision: kv.modRevision }], [{ op: 'delete', key: kv.key }]);
+  }
+
+  // Handles with addresses allocated on this node whose container shows no sign of life.
+  const known = new Set([...liveEndpoints, ...opts.liveVethContainers]);
+  const alloc = new Allocator({ store, node: opts.node });
+  for (const kv of handles ?? []) {
+    const handleId = kv.key.slice(keys.handlePrefix.length);
+    const cidrs = Object.keys(decodeHandle(kv.value).block ?? {});
+    let mine = false;
+    let newest: number | undefined;
+    const ips: string[] = [];
+    for (const c of cidrs) {
+      const b = blocks.get(c);
+      if (!b) continue;
+      for (const ord of ordinalsOf(b, handleId)) {
+        const attr = b.attributes?.[b.allocations[ord] ?? -1];
+        if ((attr?.secondary?.node ?? '') !== opts.node) continue;
+        mine = true;
+        ips.push(ordinalAddress(b, ord).ip);
+        const t = parseGoTimestamp(attr?.secondary?.timestamp);
+        if (t !== undefined && (newest === undefined || t > newest)) newest = t;
+      }
+    }
+    if (!mine || handleContainer(handleId, known) !== undefined || !old(newest)) continue;
+    actions.push({ kind: 'release-handle', target: handleId, detail: `releases ${ips.join(', ')}: no endpoint and no host veth for its container` });
+    if (!opts.dryRun) await alloc.releaseHandle(handleId);
+  }
+
+  // Pending affinities of this node whose block never came: a claim a killed process left half done.
+  for (const kv of affs ?? []) {
+    const a = parseAffinityKey(kv.key);
+    if (!a || a.host !== opts.node) continue;
+    const aff = decodeAffinity(kv.value);
+    if (affinityConfirmed(aff) || aff.state !== 'pending') continue;
+    const c = parseCidr(a.cidr);
+    if (!c || blocks.has(a.cidr) || !old(aff.claimTime)) continue;
+    actions.push({ kind: 'remove-pending-affinity', target: kv.key, detail: `claim of ${a.cidr} never completed` });
+    if (!opts.dryRun) await store.txn([{ key: kv.key, modRevision: kv.modRevision }], [{ op: 'delete', key: kv.key }]);
+  }
+  return actions;
+}
