@@ -1,0 +1,101 @@
+import { describe, expect, it } from 'vitest';
+import { keys } from '../../shared/calico/keys';
+import { encodeAffinity, resource, newMetadata } from '../../shared/calico/model';
+import { Allocator } from '../../shared/ipam/allocator';
+import { collectGarbage, parseGoTimestamp } from '../../shared/ipam/gc';
+import { addPool } from '../../shared/ipam/pools';
+import { goTimestamp } from '../../shared/ipam/cni-ipam';
+import { MemoryStore } from '../../shared/store/memory';
+
+const NODE = 'node-a';
+
+async function setup(now: number) {
+  const store = new MemoryStore();
+  await addPool(store, { cidr: '10.50.0.0/16' });
+  const alloc = new Allocator({ store, node: NODE, now: () => now });
+  const assign = (handleId: string, at = now) =>
+    alloc.assign({ handleId, attrs: { node: NODE, timestamp: goTimestamp(new Date(at)) }, families: [{ family: 4 }] });
+  return { store, assign };
+}
+
+function endpoint(containerID: string, interfaceName: string): string {
+  return resource('WorkloadEndpoint', newMetadata(`${NODE}-cni-${containerID}-eth0`, { namespace: 'default' }), {
+    orchestrator: 'cni',
+    node: NODE,
+    containerID,
+    endpoint: 'eth0',
+    interfaceName,
+  });
+}
+
+describe('node-local garbage collection', () => {
+  const now = Date.parse('2026-01-01T12:00:00Z');
+  const noVeths = { vethOwner: () => undefined, liveVethContainers: new Set<string>() };
+
+  it('parses the timestamps upstream stores (Go time.String in UTC)', () => {
+    expect(parseGoTimestamp('2026-01-01 11:59:00.123456789 +0000 UTC')).toBe(Date.parse('2026-01-01T11:59:00.123Z'));
+    expect(parseGoTimestamp(goTimestamp(new Date(now)))).toBe(now);
+  });
+
+  it('releases an allocation whose container has neither endpoint nor veth, after the grace period only', async () => {
+    const { store, assign } = await setup(now);
+    await assign('net.gone1', now - 10 * 60_000);
+    await assign('net.fresh', now - 5_000);
+    const dry = await collectGarbage(store, { node: NODE, graceMs: 60_000, dryRun: true, now, ...noVeths });
+    expect(dry.map((a) => `${a.kind} ${a.target}`)).toEqual(['release-handle net.gone1']);
+    expect(store.snapshot(keys.handle('net.gone1')).size).toBe(1);
+    await collectGarbage(store, { node: NODE, graceMs: 60_000, dryRun: false, now, ...noVeths });
+    expect(store.snapshot(keys.handle('net.gone1')).size).toBe(0);
+    expect(store.snapshot(keys.handle('net.fresh')).size).toBe(1);
+  });
+
+  it('keeps allocations whose container has a live endpoint or a host veth naming it', async () => {
+    const { store, assign } = await setup(now);
+    const old = now - 10 * 60_000;
+    await assign('net.withwep', old);
+    await assign('net.withveth', old);
+    store.seed(keys.workloadEndpoint('default', `${NODE}-cni-withwep-eth0`), endpoint('withwep', 'caliwithwep'));
+    const owners = new Map([['caliwithwep', 'withwep'], ['caliwithveth', 'withveth']]);
+    const actions = await collectGarbage(store, {
+      node: NODE,
+      graceMs: 0,
+      dryRun: false,
+      now,
+      vethOwner: (n) => owners.get(n),
+      liveVethContainers: new Set(owners.values()),
+    });
+    expect(actions).toEqual([]);
+    expect(store.snapshot(keys.handlePrefix).size).toBe(2);
+  });
+
+  it('removes an endpoint whose host veth is gone, and then its addresses', async () => {
+    const { store, assign } = await setup(now);
+    await assign('net.orphan', now - 10 * 60_000);
+    const wepKey = keys.workloadEndpoint('default', `${NODE}-cni-orphan-eth0`);
+    store.seed(wepKey, endpoint('orphan', 'caliorphan').replace(/"creationTimestamp":"[^"]+"/, '"creationTimestamp":"2025-12-31T00:00:00Z"'));
+    const actions = await collectGarbage(store, { node: NODE, graceMs: 60_000, dryRun: false, now, ...noVeths });
+    expect(actions.map((a) => a.kind).sort()).toEqual(['release-handle', 'remove-endpoint']);
+    expect(store.snapshot(wepKey).size).toBe(0);
+    expect(store.snapshot(keys.handlePrefix).size).toBe(0);
+  });
+
+  it('removes a pending affinity whose claim never completed, once older than the grace', async () => {
+    const { store } = await setup(now);
+    const stuck = keys.hostAffinity(NODE, 4, '10.50.7.0/26');
+    const live = keys.hostAffinity(NODE, 4, '10.50.8.0/26');
+    store.seed(stuck, encodeAffinity('pending', now - 10 * 60_000));
+    store.seed(live, encodeAffinity('pending', now - 1_000));
+    const actions = await collectGarbage(store, { node: NODE, graceMs: 60_000, dryRun: false, now, ...noVeths });
+    expect(actions.map((a) => a.target)).toEqual([stuck]);
+    expect(store.snapshot(stuck).size).toBe(0);
+    expect(store.snapshot(live).size).toBe(1);
+  });
+
+  it('never touches another node', async () => {
+    const { store, assign } = await setup(now);
+    await assign('net.mine', now - 10 * 60_000);
+    const actions = await collectGarbage(store, { node: 'node-b', graceMs: 0, dryRun: false, now, ...noVeths });
+    expect(actions).toEqual([]);
+    expect(store.snapshot(keys.handlePrefix).size).toBe(1);
+  });
+});
