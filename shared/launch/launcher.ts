@@ -1,6 +1,6 @@
 /**
- * The first code of each binary. The plugin itself (~2.5 MB bundled) rides behind this launcher as a
- * base64 comment, so answering VERSION (podman asks before every ADD and DEL) parses a few KB instead of
+ * The first code of each binary. The plugin itself (~2.5 MB bundled) rides behind this launcher inside a
+ * block comment (every "*" + "/" in it escaped as "*" + "\u0001/"), so answering VERSION (podman asks before every ADD and DEL) parses a few KB instead of
  * the whole bundle. Every other call decodes the payload and compiles it with a V8 code cache kept in
  * /var/cache/calico-ts (or CALICO_TS_CACHE_DIR; CALICO_TS_CODE_CACHE=0 turns it off), which spares
  * most of the compile time on every later start.
@@ -55,12 +55,15 @@ function writeCacheOnExit(file: string, script: vm.Script): void {
   });
 }
 
+/** The build escapes comment terminators inside the payload; this undoes it. */
+const ESCAPED_END = /\*\u0001\//g;
+
 function runPayload(self: string): void {
-  const text = fs.readFileSync(self, 'latin1');
+  const text = fs.readFileSync(self, 'utf8');
   const at = text.lastIndexOf(PAYLOAD_MARK);
   const end = text.lastIndexOf('*/');
   if (at < 0 || end < at) throw new Error(`${self}: payload missing (rebuild with scripts/build-binaries.sh)`);
-  const code = Buffer.from(text.slice(at + PAYLOAD_MARK.length, end), 'base64').toString('utf8');
+  const code = text.slice(at + PAYLOAD_MARK.length, end).replace(ESCAPED_END, '*/');
   const st = fs.statSync(self);
   const cacheFile = cachePath(self, st);
   const cachedData = readCache(cacheFile);
