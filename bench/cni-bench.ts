@@ -161,6 +161,7 @@ async function versionSeries(): Promise<Record<string, Stats>> {
     calicoIpam: await run(path.join(DIST, 'calico-ipam'), [], env),
     ptp: await run(path.join(GO, 'ptp'), [], env),
     nodeNoop: await run(process.execPath, ['-e', '0'], { PATH: CLEAN_PATH }),
+    ...(fs.existsSync(path.join(DIST, 'sea/calico')) ? { seaCalico: await run(path.join(DIST, 'sea/calico'), [], env) } : {}),
   };
 }
 
@@ -241,6 +242,19 @@ async function main(): Promise<void> {
       })),
       cniPath: `${DIST}:${GO}`,
     };
+    // The self-contained build (scripts/build-binaries.sh --sea), when present, with the http transport.
+    const seaDir = path.join(DIST, 'sea');
+    const sea: Contender | undefined = fs.existsSync(path.join(seaDir, 'calico'))
+      ? {
+          label: 'calico-ts SEA build, etcd_transport "http"',
+          network: 'benchsea',
+          confDir: path.dirname(writeConf(path.join(tmp, 'sea'), {
+            cniVersion: '1.0.0', name: 'benchsea',
+            plugins: [{ type: 'calico', etcd_endpoints: etcd.endpoint, etcd_transport: 'http', nodename: 'bench-node-sea', log_level: 'warn', ipam: { type: 'calico-ipam' } }],
+          })),
+          cniPath: `${seaDir}:${GO}`,
+        }
+      : undefined;
     const go: Contender = {
       label: 'Go reference (ptp + host-local)',
       network: 'gobench',
@@ -260,12 +274,19 @@ async function main(): Promise<void> {
     const oursSeries = { add: [] as number[], del: [] as number[] };
     const goSeries = { add: [] as number[], del: [] as number[] };
     const httpSeries = { add: [] as number[], del: [] as number[] };
+    const seaSeries = { add: [] as number[], del: [] as number[] };
+    if (sea) await addDelSeriesN(sea, 'ctsbench-warmsea', 3);
     for (let round = 0; round < N; round += 5) {
       const o = await addDelSeriesN(ours, `ctsbench-o${round}`, Math.min(5, N - round));
       const g = await addDelSeriesN(go, `ctsbench-g${round}`, Math.min(5, N - round));
       const h = await addDelSeriesN(oursHttp, `ctsbench-h${round}`, Math.min(5, N - round));
       httpSeries.add.push(...h.add);
       httpSeries.del.push(...h.del);
+      if (sea) {
+        const x = await addDelSeriesN(sea, `ctsbench-s${round}`, Math.min(5, N - round));
+        seaSeries.add.push(...x.add);
+        seaSeries.del.push(...x.del);
+      }
       oursSeries.add.push(...o.add);
       oursSeries.del.push(...o.del);
       goSeries.add.push(...g.add);
@@ -305,6 +326,7 @@ async function main(): Promise<void> {
       machine: { cpus: os.cpus().length, cpuModel: os.cpus()[0]?.model, memGiB: Math.round(os.totalmem() / 2 ** 30), kernel: os.release(), node: process.version },
       n: N,
       version,
+      seaBuild: sea ? { label: sea.label, add: stats(seaSeries.add), del: stats(seaSeries.del), version: version.seaCalico } : 'not built (scripts/build-binaries.sh --sea)',
       cnitool: { ours: { label: ours.label, add: oAdd, del: oDel }, oursHttp: { label: oursHttp.label, add: hAdd, del: hDel }, go: { label: go.label, add: gAdd, del: gDel } },
       burst: { ours: burstOurs, oursHttp: burstHttp, go: burstGo },
       peakRssKb: { grpc: mem, http: memHttp },
@@ -322,6 +344,11 @@ async function main(): Promise<void> {
     row('VERSION (ms)', `${version.calico?.p50} / ${version.calico?.p90}`, '(same binary)', `${version.ptp?.p50} / ${version.ptp?.p90}  node -e 0: ${version.nodeNoop?.p50}`);
     row(`burst ${BURST} ADD total (ms)`, String(burstOurs.addTotalMs), String(burstHttp.addTotalMs), String(burstGo.addTotalMs));
     row(`burst ${BURST} DEL total (ms)`, String(burstOurs.delTotalMs), String(burstHttp.delTotalMs), String(burstGo.delTotalMs));
+    if (sea) {
+      const sa = stats(seaSeries.add);
+      const sd = stats(seaSeries.del);
+      row('SEA build (http) ADD/DEL', `${sa.p50} / ${sd.p50}`, `VERSION ${version.seaCalico?.p50}`, '');
+    }
     row('peak RSS ADD (MB)', String(Math.round((mem.calicoAddKb ?? 0) / 1024)), String(Math.round((memHttp.calicoAddKb ?? 0) / 1024)), String(Math.round((mem.ptpAddKb ?? 0) / 1024)));
     console.log(`IPAM scale (3-member etcd): ${JSON.stringify(scale)}`);
     console.log('\ntargets:');

@@ -42,7 +42,7 @@ if [ "$SEA" = 1 ]; then
   mkdir -p dist/sea
   for p in calico calico-ipam; do
     echo "{\"main\":\"$NCC/$p/index.js\",\"output\":\"$NCC/$p/sea.blob\",\"disableExperimentalSEAWarning\":true,\"useCodeCache\":true}" >"$NCC/$p/sea.json"
-    node --experimental-sea-config "$NCC/$p/sea.json" >/dev/null
+    node --experimental-sea-config "$NCC/$p/sea.json" >/dev/null 2>&1
     cp "$(command -v node)" "dist/sea/$p.tmp.$$"
     npx --no-install postject "dist/sea/$p.tmp.$$" NODE_SEA_BLOB "$NCC/$p/sea.blob" \
       --sentinel-fuse NODE_SEA_FUSE_fce680ab2cc467b6e072b8b5df1996b2 >/dev/null 2>&1
