@@ -12,6 +12,7 @@ import { ipamUsage } from '../../shared/ipam/usage';
 import { ip, ipOk } from '../../shared/netlink/exec';
 import { hostVethOwners } from '../../shared/netlink/link';
 import { collectGarbage } from '../../shared/ipam/gc';
+import { checkEndpoints, checkIpamInvariants } from '../../shared/ipam/check';
 import { Allocator } from '../../shared/ipam/allocator';
 import { cidrContains, parseCidr, parseIp } from '../../shared/ipam/cidr';
 import { keys } from '../../shared/calico/keys';
@@ -37,6 +38,10 @@ Usage:
   calico-ipam show [-o json]              pools, blocks per node, used and free addresses
   calico-ipam show --ip A                 who holds address A
   calico-ipam release --ip A | --handle H release one address's handle, or a handle
+  calico-ipam check                       consistency report over etcd (exit 1 when something is wrong):
+                                          allocations without handles, handles without allocations,
+                                          broken blocks, affinities left pending, endpoints without
+                                          addresses
   calico-ipam gc --node N [--grace S] [--dry-run]
                                           node-local GC, run on node N: releases allocations whose
                                           container has no endpoint and no host veth, stale endpoints,
@@ -276,6 +281,19 @@ async function release(p: Parsed): Promise<number> {
   });
 }
 
+async function check(p: Parsed): Promise<number> {
+  const kv = await withStore(p, async (s) => {
+    const [ipam, weps] = await s.read([{ prefix: '/calico/ipam/v2/' }, { prefix: keys.workloadEndpointPrefix }]);
+    return new Map([...(ipam ?? []), ...(weps ?? [])].map((x) => [x.key, x.value]));
+  });
+  const problems = [...checkIpamInvariants(kv), ...checkEndpoints(kv)];
+  for (const line of problems) process.stdout.write(`${line}\n`);
+  const blocks = [...kv.keys()].filter((k) => k.includes('/assignment/')).length;
+  const handles = [...kv.keys()].filter((k) => k.startsWith(keys.handlePrefix)).length;
+  process.stdout.write(`checked ${blocks} block(s), ${handles} handle(s): ${problems.length === 0 ? 'consistent' : `${problems.length} problem(s)`}\n`);
+  return problems.length === 0 ? 0 : 1;
+}
+
 async function gc(p: Parsed): Promise<number> {
   const node = flag(p, '--node');
   if (!node) throw usage('gc needs --node (run it on that node: it looks at the host veths)');
@@ -320,6 +338,8 @@ export async function main(argv: string[]): Promise<number> {
       return release(p);
     case 'gc':
       return gc(p);
+    case 'check':
+      return check(p);
     default:
       throw usage(`unknown command ${JSON.stringify(p.positional[0] ?? '')}`);
   }
