@@ -30,7 +30,7 @@ describe('calico-ipam operator commands', () => {
   it('--help lists every command; an unknown command is a clear error', async () => {
     const help = await runPlugin('calico-ipam', { env: {}, args: ['--help'] });
     expect(help.status).toBe(0);
-    for (const c of ['pool add', 'pool list', 'pool rm', 'node set', 'routes', 'show', 'release', 'gc', 'check']) expect(help.stdout).toContain(`calico-ipam ${c}`);
+    for (const c of ['pool add', 'pool list', 'pool rm', 'node set', 'routes', 'show', 'release', 'gc', 'check', 'config']) expect(help.stdout).toContain(`calico-ipam ${c}`);
     const bad = await runPlugin('calico-ipam', { env: {}, args: ['frobnicate'] });
     expect(bad.status).not.toBe(0);
     expect(bad.stderr).toMatch(/unknown command "frobnicate"/);
@@ -76,6 +76,19 @@ describe('calico-ipam operator commands', () => {
     expect(bad.stdout).toMatch(/ghost.*pending/);
     await etcd.put(key, JSON.stringify({ block: { [cidr]: 1 }, deleted: false }));
     await etcd.del('/calico/ipam/v2/host/ghost/');
+  });
+
+  it('config shows and changes /calico/ipam/v2/config with upstream field names, and refuses a dead end', async () => {
+    const set = await ipam(['config', '--strict-affinity', 'true', '--max-blocks-per-host', '3', '--ip-cooldown-seconds', '0']);
+    expect(set.status, set.stderr).toBe(0);
+    expect(JSON.parse((await etcd.get('/calico/ipam/v2/config')) ?? '{}')).toEqual({ auto_allocate_blocks: true, strict_affinity: true, maxBlocksPerHost: 3, ipCooldownSeconds: 0 });
+    const show = await ipam(['config']);
+    expect(JSON.parse(show.stdout)).toMatchObject({ strict_affinity: true, maxBlocksPerHost: 3 });
+    const bad = await ipam(['config', '--strict-affinity', 'false', '--auto-allocate-blocks', 'false']);
+    expect(bad.status).not.toBe(0);
+    expect(bad.stderr).toMatch(/no way to get addresses/);
+    expect((await ipam(['config', '--strict-affinity', 'false', '--max-blocks-per-host', '0'])).status).toBe(0);
+    expect(JSON.parse((await etcd.get('/calico/ipam/v2/config')) ?? '{}')).toEqual({ auto_allocate_blocks: true, ipCooldownSeconds: 0 });
   });
 
   it('pool rm refuses a pool with addresses in use, and removes it with --force', async () => {

@@ -13,6 +13,7 @@ import { ip, ipOk } from '../../shared/netlink/exec';
 import { hostVethOwners } from '../../shared/netlink/link';
 import { collectGarbage } from '../../shared/ipam/gc';
 import { checkEndpoints, checkIpamInvariants } from '../../shared/ipam/check';
+import { updateIpamConfig, type IpamConfigUpdate } from '../../shared/ipam/config';
 import { Allocator } from '../../shared/ipam/allocator';
 import { cidrContains, parseCidr, parseIp } from '../../shared/ipam/cidr';
 import { keys } from '../../shared/calico/keys';
@@ -38,6 +39,9 @@ Usage:
   calico-ipam show [-o json]              pools, blocks per node, used and free addresses
   calico-ipam show --ip A                 who holds address A
   calico-ipam release --ip A | --handle H release one address's handle, or a handle
+  calico-ipam config [--strict-affinity true|false] [--auto-allocate-blocks true|false]
+                     [--max-blocks-per-host N] [--ip-cooldown-seconds S]
+                                          show or change the IPAM config (/calico/ipam/v2/config)
   calico-ipam check                       consistency report over etcd (exit 1 when something is wrong):
                                           allocations without handles, handles without allocations,
                                           broken blocks, affinities left pending, endpoints without
@@ -64,7 +68,7 @@ export interface Parsed {
   labels: string[];
 }
 
-const VALUE_FLAGS = new Set(['--ipv4', '--ipv6', '--label', '--file', '-f', '--name', '--block-size', '--node-selector', '--etcd-endpoints', '--config', '-o', '--output', '--node', '--ip', '--handle', '--grace']);
+const VALUE_FLAGS = new Set(['--strict-affinity', '--auto-allocate-blocks', '--max-blocks-per-host', '--ip-cooldown-seconds', '--ipv4', '--ipv6', '--label', '--file', '-f', '--name', '--block-size', '--node-selector', '--etcd-endpoints', '--config', '-o', '--output', '--node', '--ip', '--handle', '--grace']);
 
 export function parseArgv(argv: readonly string[]): Parsed {
   const positional: string[] = [];
@@ -281,6 +285,36 @@ async function release(p: Parsed): Promise<number> {
   });
 }
 
+function boolFlag(p: Parsed, name: string): boolean | undefined {
+  const v = flag(p, name);
+  if (v === undefined) return undefined;
+  if (v !== 'true' && v !== 'false') throw usage(`${name} takes true or false`);
+  return v === 'true';
+}
+
+function numFlag(p: Parsed, name: string): number | undefined {
+  const v = flag(p, name);
+  if (v === undefined) return undefined;
+  const n = Number(v);
+  if (!Number.isFinite(n) || n < 0) throw usage(`${name} takes a non-negative number`);
+  return n;
+}
+
+async function config(p: Parsed): Promise<number> {
+  const update: IpamConfigUpdate = {};
+  const strict = boolFlag(p, '--strict-affinity');
+  const auto = boolFlag(p, '--auto-allocate-blocks');
+  const maxBlocks = numFlag(p, '--max-blocks-per-host');
+  const cooldown = numFlag(p, '--ip-cooldown-seconds');
+  if (strict !== undefined) update.strict_affinity = strict;
+  if (auto !== undefined) update.auto_allocate_blocks = auto;
+  if (maxBlocks !== undefined) update.maxBlocksPerHost = maxBlocks;
+  if (cooldown !== undefined) update.ipCooldownSeconds = cooldown;
+  const stored = await withStore(p, (s) => updateIpamConfig(s, update));
+  process.stdout.write(`${JSON.stringify(stored)}\n`);
+  return 0;
+}
+
 async function check(p: Parsed): Promise<number> {
   const kv = await withStore(p, async (s) => {
     const [ipam, weps] = await s.read([{ prefix: '/calico/ipam/v2/' }, { prefix: keys.workloadEndpointPrefix }]);
@@ -340,6 +374,8 @@ export async function main(argv: string[]): Promise<number> {
       return gc(p);
     case 'check':
       return check(p);
+    case 'config':
+      return config(p);
     default:
       throw usage(`unknown command ${JSON.stringify(p.positional[0] ?? '')}`);
   }

@@ -129,7 +129,8 @@ export function effectiveIpamConfig(text: string | undefined): EffectiveIpamConf
   const c = text ? parseStored(IpamConfigSchema, JSON.parse(text), 'IPAM config') : {};
   return {
     strictAffinity: c.strict_affinity ?? false,
-    autoAllocateBlocks: c.auto_allocate_blocks ?? true,
+    // No config at all means automatic; a stored config without the field means false, as Go reads it.
+    autoAllocateBlocks: text ? (c.auto_allocate_blocks ?? false) : true,
     maxBlocksPerHost: c.maxBlocksPerHost && c.maxBlocksPerHost > 0 ? c.maxBlocksPerHost : DEFAULT_MAX_BLOCKS_PER_HOST,
     ipCooldownSeconds: c.ipCooldownSeconds ?? DEFAULT_IP_COOLDOWN_SECONDS,
   };

@@ -87,6 +87,23 @@ function writeStdout(text: string): Promise<void> {
   });
 }
 
+/**
+ * A backstop so no call can hang a runtime: past the deadline the call fails with "try again later" (the
+ * runtime then DELs, and DEL and GC remove whatever was half made). Datastore requests have their own,
+ * much shorter deadlines (CALICO_ETCD_TIMEOUT_MS, 5 s per request and endpoint).
+ */
+export const DEFAULT_DEADLINE_MS = 60_000;
+
+function armDeadline(spec: PluginSpec, version: () => string): void {
+  const ms = Number(process.env.CALICO_TS_DEADLINE_MS) > 0 ? Number(process.env.CALICO_TS_DEADLINE_MS) : DEFAULT_DEADLINE_MS;
+  const timer = setTimeout(() => {
+    const err = new CniError(ErrorCode.TryAgainLater, `${spec.name} did not finish within ${ms} ms; giving up`);
+    process.stderr.write(`${new Date().toISOString()} [ERROR][${process.pid}] ${spec.name}: ${err.message}\n`);
+    process.stdout.write(JSON.stringify(errorObject(err, version()), null, 4) + '\n', () => process.exit(1));
+  }, ms);
+  timer.unref();
+}
+
 /** Everything after VERSION; loaded lazily so that VERSION parses and evaluates as little code as possible. */
 async function invoke(spec: PluginSpec, stdin: string): Promise<string | undefined> {
   const { handleInvocation } = await import(/* webpackMode: "eager" */ './invoke');
@@ -116,6 +133,7 @@ export async function runPlugin(spec: PluginSpec): Promise<never> {
     if (command === undefined || command === '') {
       process.stderr.write(`${spec.about}\nCNI protocol versions supported: ${SUPPORTED_VERSIONS.join(', ')}\n`);
     }
+    armDeadline(spec, () => version);
     stdin = readStdin();
     version = sniffVersion(stdin);
     const out = await invoke(spec, stdin);
