@@ -15,8 +15,9 @@ export async function handleInvocation(spec: PluginSpec, stdin: string): Promise
   if (env.command === 'CHECK' || env.command === 'STATUS' || env.command === 'GC') requireVerbAllowed(env.command, version);
   const log = createLogger({ component: spec.name, level: conf.log_level, filePath: conf.log_file_path });
   const ctx: Context = { env, conf, stdin, version, log };
+  const parsedAt = log.elapsed();
   const impl = await spec.load();
-  log.debug(`${env.command} start`, { containerID: env.containerId, netns: env.netns, ifname: env.ifname, t: log.elapsed() });
+  log.debug(`${env.command} start`, { containerID: env.containerId, netns: env.netns, ifname: env.ifname, configParsedAt: parsedAt, t: log.elapsed() });
   try {
     switch (env.command) {
       case 'ADD': {
