@@ -53,10 +53,11 @@ export class EtcdStore implements Store {
     const mod = await withEmbeddedProtos(() => import(/* webpackMode: "eager" */ 'etcd3'));
     const { noop, retry, handleWhen, ConstantBackoff } = await import(/* webpackMode: "eager" */ 'cockatiel');
     // One try per endpoint, so a dead member fails over to the next instead of failing the call; no
-    // per-host circuit breaker, since a plugin process lives for a single call.
+    // per-host circuit breaker, since a plugin process lives for a single call. cockatiel's maxAttempts
+    // counts retries after the first try, so endpoints - 1 of them: one try per endpoint in all.
     options.faultHandling = {
       host: () => noop,
-      global: retry(handleWhen(mod.isRecoverableError), { maxAttempts: cfg.endpoints.length, backoff: new ConstantBackoff(50) }),
+      global: retry(handleWhen(mod.isRecoverableError), { maxAttempts: cfg.endpoints.length - 1, backoff: new ConstantBackoff(50) }),
     };
     return new EtcdStore(new mod.Etcd3(options), cfg);
   }

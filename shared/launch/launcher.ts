@@ -1,10 +1,11 @@
 /**
  * The first code of each binary. The plugin itself (~2.5 MB bundled) rides behind this launcher inside a
- * block comment (every "*" + "/" in it escaped as "*" + "\u0001/"), so answering VERSION (podman asks before every ADD and DEL) parses a few KB instead of
+ * block comment (comment terminators escaped), so answering VERSION (podman asks before every ADD and DEL) parses a few KB instead of
  * the whole bundle. Every other call decodes the payload and compiles it with a V8 code cache kept in
  * /var/cache/calico-ts (or CALICO_TS_CACHE_DIR; CALICO_TS_CODE_CACHE=0 turns it off), which spares
  * most of the compile time on every later start.
  */
+import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import { createRequire } from 'node:module';
 import path from 'node:path';
@@ -12,6 +13,8 @@ import vm from 'node:vm';
 import { CURRENT_VERSION, SUPPORTED_VERSIONS } from '../cni/version';
 
 export const PAYLOAD_MARK = '/*CALICO-TS-PAYLOAD:';
+/** Replaced per binary by the build; the payload mark carries the same id. */
+const BUILD_ID = '__CALICO_TS_BUILD_ID__';
 
 function answerVersion(): void {
   if (!process.stdin.isTTY) {
@@ -55,15 +58,28 @@ function writeCacheOnExit(file: string, script: vm.Script): void {
   });
 }
 
-/** The build escapes comment terminators inside the payload; this undoes it. */
+/** The build escapes comment terminators inside the payload (scripts/escape-payload.mjs); this undoes it. */
 const ESCAPED_END = /\*\u0001\//g;
+const ESCAPED_SOH = /\u0001\u0003/g;
+
+/**
+ * The binary was replaced between node reading this launcher and the launcher reading its payload (an
+ * upgrade mid-call): run the new file instead, once, with the same arguments, environment and stdin.
+ */
+function reexec(self: string): never {
+  if (process.env.CALICO_TS_REEXEC === '1') throw new Error(`${self} keeps changing while it starts; retry`);
+  const r = spawnSync(process.execPath, [self, ...process.argv.slice(2)], { stdio: 'inherit', env: { ...process.env, CALICO_TS_REEXEC: '1' } });
+  process.exit(r.status ?? 1);
+}
 
 function runPayload(self: string): void {
   const text = fs.readFileSync(self, 'utf8');
   const at = text.lastIndexOf(PAYLOAD_MARK);
   const end = text.lastIndexOf('*/');
   if (at < 0 || end < at) throw new Error(`${self}: payload missing (rebuild with scripts/build-binaries.sh)`);
-  const code = text.slice(at + PAYLOAD_MARK.length, end).replace(ESCAPED_END, '*/');
+  const idEnd = text.indexOf(':', at + PAYLOAD_MARK.length);
+  if (text.slice(at + PAYLOAD_MARK.length, idEnd) !== BUILD_ID) reexec(self);
+  const code = text.slice(idEnd + 1, end).replace(ESCAPED_END, '*/').replace(ESCAPED_SOH, '\u0001');
   const st = fs.statSync(self);
   const cacheFile = cachePath(self, st);
   const cachedData = readCache(cacheFile);
@@ -75,6 +91,18 @@ function runPayload(self: string): void {
   fn(mod.exports, createRequire(self), mod, self, path.dirname(self));
 }
 
-const self = fs.realpathSync(process.argv[1] ?? __filename);
-if (process.env.CNI_COMMAND === 'VERSION') answerVersion();
-else runPayload(self);
+/** Nothing may escape as a stack trace: a CNI caller gets an error object, an operator a message. */
+function fail(e: unknown): never {
+  const msg = e instanceof Error ? e.message : String(e);
+  if (process.env.CNI_COMMAND) process.stdout.write(`${JSON.stringify({ cniVersion: CURRENT_VERSION, code: 999, msg: `failed to start: ${msg}` })}\n`);
+  else process.stderr.write(`failed to start: ${msg}\n`);
+  process.exit(1);
+}
+
+try {
+  const self = fs.realpathSync(process.argv[1] ?? __filename);
+  if (process.env.CNI_COMMAND === 'VERSION') answerVersion();
+  else runPayload(self);
+} catch (e) {
+  fail(e);
+}
