@@ -56,6 +56,8 @@ function timed(file: string, args: string[], env: Record<string, string>, stdin 
     child.stdout.on('data', (c: Buffer) => (stdout += c.toString()));
     child.stderr.on('data', (c: Buffer) => (stderr += c.toString()));
     child.on('close', (code) => resolve({ ms: Number(process.hrtime.bigint() - t0) / 1e6, code: code ?? 1, stdout, stderr }));
+    // Programs that never read stdin (node -e 0, VERSION) may exit before we finish writing it.
+    child.stdin.on('error', () => undefined);
     child.stdin.end(stdin);
   });
 }
@@ -114,7 +116,10 @@ async function burst(c: Contender, tag: string): Promise<Record<string, unknown>
       add: { p50: a.p50, p90: a.p90, samples: a.samples },
       del: { p50: d.p50, p90: d.p90, samples: d.samples },
       distinctAddresses: new Set(ips).size,
-      firstError: adds.find((x) => x.code !== 0)?.stdout.slice(0, 300),
+      firstError: (() => {
+        const bad = adds.find((x) => x.code !== 0);
+        return bad ? `${bad.stdout} ${bad.stderr}`.trim().slice(0, 500) : undefined;
+      })(),
     };
   } finally {
     await Promise.all(names.map(netnsDel));
