@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Builds dist/calico and dist/calico-ipam: one self-contained JavaScript file each, executable, started by
 # node through env(1). Each file is a small launcher (shared/launch/launcher.ts) that answers VERSION by
-# itself and carries the plugin (an ncc bundle, with etcd3's .proto files embedded) inside a block
-# comment, so VERSION does not pay for parsing the whole bundle.
+# itself and carries the plugin (an ncc bundle, with etcd3's .proto files embedded, brotli-compressed)
+# inside a block comment, so VERSION does not pay for parsing the whole bundle.
 #
 # Usage: scripts/build-binaries.sh [--sea]
 #   --sea   also build dist/sea/calico and dist/sea/calico-ipam: Node single executable applications with
@@ -33,7 +33,7 @@ for p in calico calico-ipam; do
     echo "$SHEBANG"
     sed "s/__CALICO_TS_BUILD_ID__/$id/" "$NCC/launcher/index.js"
     printf '\n/*CALICO-TS-PAYLOAD:%s:' "$id"
-    node scripts/escape-payload.mjs "$NCC/$p/index.js"
+    node scripts/pack-payload.mjs "$NCC/$p/index.js"
     printf '*/\n'
   } >"$out"
   chmod 755 "$out"

@@ -1,6 +1,6 @@
 /**
- * The first code of each binary. The plugin itself (~2.5 MB bundled) rides behind this launcher inside a
- * block comment (comment terminators escaped), so answering VERSION (podman asks before every ADD and DEL) parses a few KB instead of
+ * The first code of each binary. The plugin itself (~1 MB bundled) rides behind this launcher inside a
+ * block comment, brotli-compressed and base64-encoded (scripts/pack-payload.mjs), so answering VERSION (podman asks before every ADD and DEL) parses a few KB instead of
  * the whole bundle. Every other call decodes the payload and compiles it with a V8 code cache kept in
  * /var/cache/calico-ts (or CALICO_TS_CACHE_DIR; CALICO_TS_CODE_CACHE=0 turns it off), which spares
  * most of the compile time on every later start.
@@ -10,6 +10,7 @@ import fs from 'node:fs';
 import { createRequire } from 'node:module';
 import path from 'node:path';
 import vm from 'node:vm';
+import zlib from 'node:zlib';
 import { CURRENT_VERSION, SUPPORTED_VERSIONS } from '../cni/version';
 
 export const PAYLOAD_MARK = '/*CALICO-TS-PAYLOAD:';
@@ -58,9 +59,6 @@ function writeCacheOnExit(file: string, script: vm.Script): void {
   });
 }
 
-/** The build escapes comment terminators inside the payload (scripts/escape-payload.mjs); this undoes it. */
-const ESCAPED_END = /\*\u0001\//g;
-const ESCAPED_SOH = /\u0001\u0003/g;
 
 /**
  * The binary was replaced between node reading this launcher and the launcher reading its payload (an
@@ -73,13 +71,13 @@ function reexec(self: string): never {
 }
 
 function runPayload(self: string): void {
-  const text = fs.readFileSync(self, 'utf8');
+  const text = fs.readFileSync(self, 'latin1');
   const at = text.lastIndexOf(PAYLOAD_MARK);
   const end = text.lastIndexOf('*/');
   if (at < 0 || end < at) throw new Error(`${self}: payload missing (rebuild with scripts/build-binaries.sh)`);
   const idEnd = text.indexOf(':', at + PAYLOAD_MARK.length);
   if (text.slice(at + PAYLOAD_MARK.length, idEnd) !== BUILD_ID) reexec(self);
-  const code = text.slice(idEnd + 1, end).replace(ESCAPED_END, '*/').replace(ESCAPED_SOH, '\u0001');
+  const code = zlib.brotliDecompressSync(Buffer.from(text.slice(idEnd + 1, end), 'base64')).toString('utf8');
   const st = fs.statSync(self);
   const cacheFile = cachePath(self, st);
   const cachedData = readCache(cacheFile);
