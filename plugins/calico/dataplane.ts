@@ -50,6 +50,16 @@ function requireNetns(path: string): NetnsRef {
 
 const prefixLen = (f: Family) => (f === 4 ? 32 : 128);
 
+/**
+ * `ip -batch` reads quotes and "#" (a comment) in its input itself, so an interface name holding them,
+ * though legal for Linux, would be misread: "eth1" in quotes would create eth1, ab#cd a broken command.
+ */
+export function validateBatchIfname(name: string): void {
+  if (/["'#]/.test(name)) {
+    throw new CniError(ErrorCode.InvalidEnv, `invalid CNI_IFNAME ${JSON.stringify(name)}: calico cannot use an interface name containing a quote or "#"`);
+  }
+}
+
 /** The container-side commands, run as one `ip -batch` inside the container namespace. */
 export function containerBatch(w: Workload, containerMac: string): string[] {
   const queues = w.numQueues > 1 ? ` numtxqueues ${w.numQueues} numrxqueues ${w.numQueues}` : '';

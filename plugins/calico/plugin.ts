@@ -15,7 +15,7 @@ import { parseIp } from '../../shared/ipam/cidr';
 import { linkAlias, linkExists } from '../../shared/netlink/link';
 import { ip as runIp } from '../../shared/netlink/exec';
 import type { Store, KeyValue, Op, Compare } from '../../shared/store/store';
-import { ALIAS_PREFIX, GATEWAY_V4, GATEWAY_V6, HOST_MAC, hostRoutesVia, inspectContainer, setUp, tearDown, type WorkloadIp } from './dataplane';
+import { ALIAS_PREFIX, GATEWAY_V4, GATEWAY_V6, HOST_MAC, hostRoutesVia, inspectContainer, setUp, tearDown, validateBatchIfname, type WorkloadIp } from './dataplane';
 
 const MTU_FILE = '/var/lib/calico/mtu';
 const DEFAULT_MTU = 1500;
@@ -173,6 +173,7 @@ async function writeEndpoint(s: Session, pre: Preamble, wep: WorkloadEndpoint): 
 async function cmdAdd(s: Session): Promise<Result> {
   const { ctx, id } = s;
   const log = ctx.log;
+  validateBatchIfname(ctx.env.ifname);
   const pre = await readPreamble(s);
   const mtu = resolveMtu(ctx.conf);
 

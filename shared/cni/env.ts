@@ -79,6 +79,30 @@ export function validateNetnsPath(p: string): void {
   }
 }
 
+const DNS_LABEL = /^[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?$/;
+const DNS_SUBDOMAIN = /^(?=.{1,253}$)[a-z0-9]([-a-z0-9.]*[a-z0-9])?$/;
+
+/**
+ * The namespace and pod name become parts of etcd keys (the endpoint's namespace and name, the legacy
+ * handle), so only what Kubernetes itself allows is taken: a namespace is a DNS label, a pod name a DNS
+ * subdomain. Anything else ("a/b", "../x", "$(reboot)") would reshape the key layout.
+ */
+export function validateWorkloadArgs(args: CniArgs): void {
+  const check = (key: string, value: string | undefined, re: RegExp, what: string) => {
+    if (value !== undefined && !re.test(value)) {
+      throw new CniError(ErrorCode.InvalidEnv, `invalid ${key} ${JSON.stringify(value)} in CNI_ARGS: must be ${what}`);
+    }
+  };
+  const label = 'a DNS label (lower-case letters, digits and "-", at most 63)';
+  // Only the Kubernetes path (namespace and pod both given) puts the pod name into keys. podman sends
+  // K8S_POD_NAME alone, with its container name ("hopeful_darwin"), which must keep working.
+  if (args.k8sPodNamespace && args.k8sPodName) {
+    check('K8S_POD_NAMESPACE', args.k8sPodNamespace, DNS_LABEL, label);
+    check('K8S_POD_NAME', args.k8sPodName, DNS_SUBDOMAIN, 'a DNS subdomain (lower-case letters, digits, "-" and ".", at most 253)');
+  }
+  check('CNI_TEST_NAMESPACE', args.pairs.get('CNI_TEST_NAMESPACE'), DNS_LABEL, label);
+}
+
 /** CNI_ARGS is `K=V;K=V` (libcni LoadArgs); IgnoreUnknown=1|true lets keys we do not know pass. */
 export function parseCniArgs(raw: string | undefined): CniArgs {
   const pairs = new Map<string, string>();
@@ -118,12 +142,15 @@ export function readCniEnv(env: Env): CniEnv {
     validateIfname(ifname);
     if (netns !== '') validateNetnsPath(netns);
   }
+  const args = parseCniArgs(env.CNI_ARGS);
+  // Only where an endpoint or handle is created; DEL stays lenient so whatever exists can be removed.
+  if (command === 'ADD' || command === 'CHECK') validateWorkloadArgs(args);
   return {
     command,
     containerId,
     netns,
     ifname,
-    args: parseCniArgs(env.CNI_ARGS),
+    args,
     path: (env.CNI_PATH ?? '').split(':').filter((d) => d !== ''),
   };
 }

@@ -129,7 +129,7 @@ export class Allocator {
         for (const ip of req.ips) out.push(await this.retrying(`assign ${ip}`, () => this.assignExactOnce(req, ip, once())));
       } else {
         for (const f of req.families) {
-          out.push(await this.retrying(`assign an IPv${f.family} address`, () => this.assignAutoOnce(req, f, once())));
+          out.push(await this.retrying(`assign an IPv${f.family} address`, (attempt) => this.assignAutoOnce(req, f, once(), attempt > 0 ? out : undefined)));
         }
       }
     } catch (e) {
@@ -272,8 +272,16 @@ export class Allocator {
 
   // ---- automatic assignment --------------------------------------------------------------------------
 
-  private async assignAutoOnce(req: AssignRequest, f: FamilyRequest, given: Snapshot | undefined): Promise<Allocation> {
+  private async assignAutoOnce(req: AssignRequest, f: FamilyRequest, given: Snapshot | undefined, retryAfter?: readonly Allocation[]): Promise<Allocation> {
     const snap = given ?? (await this.readSnapshot(req.handleId, [f.family]));
+    // A retry may follow a write that did commit although its reply was lost (the store's client retried
+    // it elsewhere and that copy failed its compare): then the handle already holds our address. Take it
+    // instead of allocating a second one that the result would not report.
+    if (retryAfter && snap.handle) {
+      const held = await this.handleAllocations(req.handleId, snap.handle);
+      const mine = held.find((a) => a.family === f.family && !retryAfter.some((o) => o.ip === a.ip));
+      if (mine) return mine;
+    }
     const pools = this.allowedPools(snap, f);
     const inPools = (cidr: string) => {
       const c = parseCidr(cidr);
@@ -460,6 +468,8 @@ export class Allocator {
     const holder = block.allocations[ord];
     if (holder !== null && holder !== undefined) {
       const owner = block.attributes?.[holder]?.handle_id ?? 'unknown';
+      // Already ours: a retry after a write whose reply was lost (see assignAutoOnce).
+      if (owner === req.handleId) return this.allocationsIn(block, [ord])[0] as Allocation;
       throw new CniError(ErrorCode.AddressInUse, `requested address ${rawIp} is already in use (handle ${owner})`);
     }
     return this.commitAllocation(req, snap, kv, block, ord);
@@ -498,11 +508,11 @@ export class Allocator {
    * Runs one optimistic attempt at a time; a conflict re-reads and retries after a short random pause (so
    * racing processes spread out), a bounded number of times.
    */
-  private async retrying<T>(what: string, attempt: () => Promise<T>): Promise<T> {
+  private async retrying<T>(what: string, attempt: (i: number) => Promise<T>): Promise<T> {
     for (let i = 0; i < this.maxAttempts; i++) {
       this.stats.attempts++;
       try {
-        return await attempt();
+        return await attempt(i);
       } catch (e) {
         if (!(e instanceof Conflict)) throw e;
         this.stats.conflicts++;

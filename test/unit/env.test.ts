@@ -178,3 +178,15 @@ describe('parseCniArgs', () => {
     expect(codeOf(() => readCniEnv({ ...full, CNI_ARGS: 'garbage' })).code).toBe(4);
   });
 });
+
+describe('workload names from CNI_ARGS', () => {
+  const base = { CNI_COMMAND: 'ADD', CNI_CONTAINERID: 'c1', CNI_NETNS: '/var/run/netns/x', CNI_IFNAME: 'eth0', CNI_PATH: '/opt/cni/bin' };
+  it("accepts podman's K8S_POD_NAME alone, even with characters Kubernetes would not allow", () => {
+    expect(readCniEnv({ ...base, CNI_ARGS: 'IgnoreUnknown=1;K8S_POD_NAME=hopeful_Darwin' }).args.k8sPodName).toBe('hopeful_Darwin');
+  });
+  it('refuses a Kubernetes namespace or pod name that would reshape etcd keys (code 4)', () => {
+    for (const args of ['K8S_POD_NAMESPACE=../x;K8S_POD_NAME=web-0', 'K8S_POD_NAMESPACE=default;K8S_POD_NAME=a/b']) {
+      expect(() => readCniEnv({ ...base, CNI_ARGS: args })).toThrowError(expect.objectContaining({ code: 4 }));
+    }
+  });
+});
