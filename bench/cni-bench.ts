@@ -193,7 +193,9 @@ async function ipamScale(): Promise<Record<string, unknown>> {
     // Steady state: one more ADD on a host whose block has room.
     const probe = new Allocator({ store, node: 'scale-host-0' });
     const rt0 = store.roundTrips;
+    const p0 = process.hrtime.bigint();
     await probe.assign({ handleId: 'scale.probe', attrs: { node: 'scale-host-0' }, families: [{ family: 4 }] });
+    const steadyMs = Number(process.hrtime.bigint() - p0) / 1e6;
     const steady = store.roundTrips - rt0;
     const [kvs] = await store.read([{ prefix: '/calico/ipam/' }]);
     const violations = checkIpamInvariants(new Map((kvs ?? []).map((kv) => [kv.key, kv.value])));
@@ -205,6 +207,7 @@ async function ipamScale(): Promise<Record<string, unknown>> {
       allocationsPerSecond: Math.round((total / ms) * 1000),
       roundTripsPerAdd: Math.round(((store.roundTrips - before) / total) * 100) / 100,
       steadyStateRoundTrips: steady,
+      steadyStateAddMs: Math.round(steadyMs * 100) / 100,
       attempts: allocs.reduce((n, a) => n + a.stats.attempts, 0),
       conflictsRetried: allocs.reduce((n, a) => n + a.stats.conflicts, 0),
       duplicates: ips.length - new Set(ips).size,
