@@ -245,7 +245,7 @@ describe('kill -9 during ADD, then the runtime DELs', () => {
     expect(await pendingAffinities(cids)).toEqual([]);
     expect(checkIpamInvariants(await must(etcd).getPrefix('/calico/ipam/'))).toEqual([]);
     expect([...(await must(etcd).getPrefix('/calico/ipam/v2/handle/')).keys()].filter((k) => k.includes(`.d`) && k.endsWith(`x${process.pid}`))).toEqual([]);
-  }, 150_000);
+  }, 600_000);
 });
 
 describe('kill -9 during ADD, then the container vanishes (no DEL)', () => {
@@ -304,7 +304,7 @@ describe('kill -9 during ADD, then the container vanishes (no DEL)', () => {
     const weps = [...(await must(etcd).getPrefix(WEP_PREFIX)).values()].filter((v) => (JSON.parse(v) as { spec?: { node?: string } }).spec?.node?.startsWith('k9-') === true);
     expect(weps).toEqual([]);
     expect(checkIpamInvariants(await must(etcd).getPrefix('/calico/ipam/'))).toEqual([]);
-  }, 120_000);
+  }, 600_000);
 });
 
 function escapeRe(s: string): string {

@@ -75,8 +75,24 @@ interface Snapshot {
   pools: IpPool[];
   node: KeyValue | undefined;
   nodeLabels: Record<string, string>;
-  affinities: Map<Family, { cidr: string; kv: KeyValue; confirmed: boolean }[]>;
+  affinities: Map<Family, HostAffinity[]>;
 }
+
+interface HostAffinity {
+  cidr: string;
+  kv: KeyValue;
+  confirmed: boolean;
+  /** When a pending claim started (calico-ts writes it); undefined for confirmed or foreign ones. */
+  claimTime: number | undefined;
+}
+
+/**
+ * A pending claim younger than this may be another process of this host at work; a live claim completes
+ * in milliseconds, so after MAX_CLAIM_WAITS retries (about a second of backoff) it is taken over as a
+ * leftover of a killed process.
+ */
+const CLAIM_IN_FLIGHT_MS = 30_000;
+const MAX_CLAIM_WAITS = 25;
 
 /** A conflict on a guarded write: re-read everything and try again. */
 class Conflict extends Error {}
@@ -129,7 +145,11 @@ export class Allocator {
         for (const ip of req.ips) out.push(await this.retrying(`assign ${ip}`, () => this.assignExactOnce(req, ip, once())));
       } else {
         for (const f of req.families) {
-          out.push(await this.retrying(`assign an IPv${f.family} address`, (attempt) => this.assignAutoOnce(req, f, once(), attempt > 0 ? out : undefined)));
+          out.push(
+            await this.retrying(`assign an IPv${f.family} address`, (attempt) =>
+              this.assignAutoOnce(req, f, once(), attempt > 0 ? out : undefined, attempt < MAX_CLAIM_WAITS),
+            ),
+          );
         }
       }
     } catch (e) {
@@ -175,12 +195,13 @@ export class Allocator {
     ];
     const res = await this.store.read(reads);
     const [handle, config, pools, node] = [res[0]?.[0], res[1]?.[0], res[2] ?? [], res[3]?.[0]];
-    const affinities = new Map<Family, { cidr: string; kv: KeyValue; confirmed: boolean }[]>();
+    const affinities = new Map<Family, HostAffinity[]>();
     families.forEach((f, i) => {
       const list = (res[4 + i] ?? []).flatMap((kv) => {
         const parsed = parseAffinityKey(kv.key);
         if (!parsed) return [];
-        return [{ cidr: parsed.cidr, kv, confirmed: affinityConfirmed(parseJsonAt(kv.key, kv.value, decodeAffinity)) }];
+        const aff = parseJsonAt(kv.key, kv.value, decodeAffinity);
+        return [{ cidr: parsed.cidr, kv, confirmed: affinityConfirmed(aff), claimTime: aff.claimTime }];
       });
       affinities.set(f, list);
     });
@@ -272,7 +293,13 @@ export class Allocator {
 
   // ---- automatic assignment --------------------------------------------------------------------------
 
-  private async assignAutoOnce(req: AssignRequest, f: FamilyRequest, given: Snapshot | undefined, retryAfter?: readonly Allocation[]): Promise<Allocation> {
+  private async assignAutoOnce(
+    req: AssignRequest,
+    f: FamilyRequest,
+    given: Snapshot | undefined,
+    retryAfter?: readonly Allocation[],
+    mayWaitForClaim = true,
+  ): Promise<Allocation> {
     const snap = given ?? (await this.readSnapshot(req.handleId, [f.family]));
     // A retry may follow a write that did commit although its reply was lost (the store's client retried
     // it elsewhere and that copy failed its compare): then the handle already holds our address. Take it
@@ -310,8 +337,14 @@ export class Allocator {
     if (mayClaim) {
       const existing = await this.store.read([{ prefix: keys.blockPrefix(f.family), keysOnly: true }]);
       const taken = new Set((existing[0] ?? []).flatMap((kv) => parseBlockKey(kv.key)?.cidr ?? []));
-      // A pending affinity of ours with no block is a claim a killed process left half done: finish it.
-      const stale = owned.find((a) => !a.confirmed && !taken.has(a.cidr) && inPools(a.cidr));
+      const pending = owned.filter((a) => !a.confirmed && !taken.has(a.cidr) && inPools(a.cidr));
+      // Another process of this host is claiming a block right now: wait for that block instead of
+      // claiming a second one (or stealing its claim).
+      if (mayWaitForClaim && pending.some((a) => a.claimTime !== undefined && this.now() - a.claimTime < CLAIM_IN_FLIGHT_MS)) {
+        throw new Conflict('a block claim of this host is in flight');
+      }
+      // An older pending affinity of ours with no block is a claim a killed process left half done: finish it.
+      const stale = pending[0];
       const free = stale ? parseCidr(stale.cidr) : this.findFreeSubnet(pools, taken);
       if (free) return this.claimAndAllocate(req, snap, f.family, free);
     }
