@@ -236,6 +236,24 @@ describe('nothing is left behind', () => {
     expect(await linkJson('eth0peer', ns)).toHaveLength(1);
   });
 
+  it("an ADD whose veth name collides with another container's (same first 11 characters) fails and leaves that container alone", async () => {
+    const first = await netns();
+    const second = await netns();
+    const a = cniEnv({ command: 'ADD', containerId: `collide${process.pid}aaaa`, netns: first.path });
+    const b = cniEnv({ command: 'ADD', containerId: `collide${process.pid}bbbb`, netns: second.path });
+    expect((await runPlugin('calico', { env: a, stdin: directConf('1.0.0') })).status).toBe(0);
+    const veth = hostVeth(`collide${process.pid}aaaa`);
+    expect(hostVeth(`collide${process.pid}bbbb`)).toBe(veth);
+    const r = await runPlugin('calico', { env: b, stdin: directConf('1.0.0') });
+    expect(r.status).not.toBe(0);
+    expect((r.json as { code: number; msg: string }).msg).toMatch(/belongs to container collide/);
+    expect(await linkJson(veth)).toHaveLength(1);
+    expect(await ping(undefined, (await sh(['ip', '-n', first.name, '-4', '-o', 'addr', 'show', 'dev', 'eth0'])).split(/\s+/)[3]?.split('/')[0] ?? '')).toBe(true);
+    expect(await etcd.get(`/calico/ipam/v2/handle/${NET}.collide${process.pid}bbbb`)).toBeUndefined();
+    expect((await runPlugin('calico', { env: { ...a, CNI_COMMAND: 'DEL' }, stdin: directConf('1.0.0') })).status).toBe(0);
+    expect((await runPlugin('calico', { env: { ...b, CNI_COMMAND: 'DEL' }, stdin: directConf('1.0.0') })).status).toBe(0);
+  });
+
   it('DEL with an empty CNI_NETNS (containerd after the task exited) releases the address and the endpoint', async () => {
     const ns = await netns();
     const cid = `gone${process.pid}`;

@@ -34,6 +34,12 @@ export interface Workload {
   numQueues: number;
   ips: readonly WorkloadIp[];
   allowIpForwarding: boolean;
+  /**
+   * Kubernetes names the host veth after the pod, so a veth of that name owned by another container is an
+   * earlier sandbox of the same pod and is replaced (upstream). Otherwise the name comes from the container
+   * id, and another owner means two containers collide on it.
+   */
+  vethNamedByPod: boolean;
 }
 
 /** A random locally administered unicast MAC for the container end, so the result needs no read-back. */
@@ -139,8 +145,18 @@ async function setUpHostSide(w: Workload, ns: NetnsRef, log: Logger): Promise<vo
 export async function setUp(w: Workload, log: Logger): Promise<{ containerMac: string }> {
   const ns = requireNetns(w.netns);
   if (linkExists(w.hostIfname)) {
+    const alias = linkAlias(w.hostIfname);
+    const owner = alias?.startsWith(ALIAS_PREFIX) ? alias.slice(ALIAS_PREFIX.length) : undefined;
+    if (!w.vethNamedByPod && owner !== undefined && owner !== w.containerId) {
+      // Upstream would delete it, cutting off the other pod. Names collide when container ids share their
+      // first 11 characters (cnitool's "cnitool-" ids keep only 3 distinct ones).
+      throw new CniError(
+        ErrorCode.Netlink,
+        `host interface ${w.hostIfname} belongs to container ${owner}: container ids that share their first 11 characters collide in Calico's veth names`,
+      );
+    }
     // A leftover from an earlier ADD of this workload that was never DELeted (upstream does the same).
-    log.warn('deleting stale host veth', { name: w.hostIfname, alias: linkAlias(w.hostIfname) });
+    log.warn('deleting stale host veth', { name: w.hostIfname, alias });
     await ip(['link', 'del', w.hostIfname]);
   }
   const containerMac = randomMac();

@@ -206,6 +206,7 @@ async function cmdAdd(s: Session): Promise<Result> {
         numQueues: ctx.conf.num_queues ?? 1,
         ips,
         allowIpForwarding: ctx.conf.container_settings?.allow_ip_forwarding ?? false,
+        vethNamedByPod: id.orchestrator === 'k8s',
       },
       log,
     );
