@@ -1,4 +1,5 @@
-import { CniError, ErrorCode } from '../cni/errors';
+import fs from 'node:fs';
+import { CniError, ErrorCode, errorMessage } from '../cni/errors';
 import type { NetConf } from '../cni/config';
 
 /** How to reach etcd: resolved from the netconf first, then from the environment, as upstream does. */
@@ -79,4 +80,19 @@ export function resolveEtcdConfig(conf: Pick<NetConf, 'etcd_transport' | 'datast
   const timeout = Number(env.CALICO_ETCD_TIMEOUT_MS);
   if (Number.isFinite(timeout) && timeout > 0) cfg.requestTimeoutMs = timeout;
   return cfg;
+}
+
+/** Reads a certificate or key file the config names; a missing or unreadable file is a config error. */
+export function readCredentialFile(what: string, file: string): Buffer {
+  try {
+    return fs.readFileSync(file);
+  } catch (e) {
+    throw new CniError(ErrorCode.InvalidConfig, `failed to read ${what} ${JSON.stringify(file)}: ${errorMessage(e)}`);
+  }
+}
+
+/** A datastore call no endpoint answered: "try again later" (11), naming TLS when that is what failed. */
+export function etcdUnavailable(cfg: Pick<EtcdConfig, 'endpoints'>, detail: string): CniError {
+  const what = /certificate|SSL|TLS|handshake|alert|self.signed/i.test(detail) ? 'etcd TLS handshake failed' : 'etcd unavailable';
+  return new CniError(ErrorCode.TryAgainLater, `${what} at [${cfg.endpoints.join(', ')}]: ${detail}`);
 }

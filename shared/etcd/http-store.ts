@@ -1,9 +1,8 @@
-import fs from 'node:fs';
 import http from 'node:http';
 import https from 'node:https';
-import { CniError, ErrorCode, errorMessage } from '../cni/errors';
+import { CniError, ErrorCode } from '../cni/errors';
 import type { Compare, KeyValue, Op, Read, Store, TxnResult } from '../store/store';
-import type { EtcdConfig } from './config';
+import { etcdUnavailable, readCredentialFile, type EtcdConfig } from './config';
 import { prefixEnd } from './prefix';
 
 /*
@@ -29,14 +28,6 @@ interface GatewayResponse {
 
 const b64 = (s: string | Buffer) => Buffer.from(s).toString('base64');
 
-function readFile(what: string, file: string): Buffer {
-  try {
-    return fs.readFileSync(file);
-  } catch (e) {
-    throw new CniError(ErrorCode.InvalidConfig, `failed to read ${what} ${JSON.stringify(file)}: ${errorMessage(e)}`);
-  }
-}
-
 /** A transient failure of one endpoint: the next endpoint is tried. */
 class EndpointDown extends Error {}
 
@@ -49,9 +40,9 @@ export class HttpEtcdStore implements Store {
 
   constructor(private readonly cfg: EtcdConfig) {
     const tls = {
-      ...(cfg.caFile ? { ca: readFile('etcd_ca_cert_file', cfg.caFile) } : {}),
-      ...(cfg.certFile ? { cert: readFile('etcd_cert_file', cfg.certFile) } : {}),
-      ...(cfg.keyFile ? { key: readFile('etcd_key_file', cfg.keyFile) } : {}),
+      ...(cfg.caFile ? { ca: readCredentialFile('etcd_ca_cert_file', cfg.caFile) } : {}),
+      ...(cfg.certFile ? { cert: readCredentialFile('etcd_cert_file', cfg.certFile) } : {}),
+      ...(cfg.keyFile ? { key: readCredentialFile('etcd_key_file', cfg.keyFile) } : {}),
     };
     this.agents = cfg.endpoints.map((ep) => (ep.startsWith('https:') ? new https.Agent({ keepAlive: true, ...tls }) : new http.Agent({ keepAlive: true })));
   }
@@ -112,8 +103,7 @@ export class HttpEtcdStore implements Store {
         errors.push(e.message);
       }
     }
-    const tlsHint = errors.some((m) => /certificate|SSL|TLS|handshake|alert|self.signed/i.test(m)) ? 'etcd TLS handshake failed' : 'etcd unavailable';
-    throw new CniError(ErrorCode.TryAgainLater, `${tlsHint} at [${this.cfg.endpoints.join(', ')}]: ${errors.join('; ')}`);
+    throw etcdUnavailable(this.cfg, errors.join('; '));
   }
 
   private async authenticate(i: number): Promise<void> {

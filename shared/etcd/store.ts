@@ -1,29 +1,11 @@
-import fs from 'node:fs';
 import type { Etcd3, IOptions } from 'etcd3';
-import { CniError, ErrorCode, errorMessage } from '../cni/errors';
+import { errorMessage } from '../cni/errors';
 import type { Compare, KeyValue, Op, Read, Store, TxnResult } from '../store/store';
-import type { EtcdConfig } from './config';
+import { etcdUnavailable, readCredentialFile, type EtcdConfig } from './config';
 import { withEmbeddedProtos } from './protos';
 import { prefixEnd } from './prefix';
 
 type RangeKv = { key: Buffer; value: Buffer; mod_revision: string | number };
-
-function readFileFor(what: string, file: string): Buffer {
-  try {
-    return fs.readFileSync(file);
-  } catch (e) {
-    throw new CniError(ErrorCode.InvalidConfig, `failed to read ${what} ${JSON.stringify(file)}: ${errorMessage(e)}`);
-  }
-}
-
-/** Fails a datastore call as "try again later" (11), saying which endpoints were tried. */
-function unreachable(cfg: EtcdConfig, e: unknown): CniError {
-  const msg = errorMessage(e);
-  if (/certificate|SSL|TLS|handshake|alert/i.test(msg)) {
-    return new CniError(ErrorCode.TryAgainLater, `etcd TLS handshake failed at [${cfg.endpoints.join(', ')}]: ${msg}`);
-  }
-  return new CniError(ErrorCode.TryAgainLater, `etcd unavailable at [${cfg.endpoints.join(', ')}]: ${msg}`);
-}
 
 /** Store over etcd v3 (etcd3's gRPC client); every call has a deadline, and each method is one round trip. */
 export class EtcdStore implements Store {
@@ -43,9 +25,9 @@ export class EtcdStore implements Store {
     };
     if (secure) {
       options.credentials = {
-        rootCertificate: cfg.caFile ? readFileFor('etcd_ca_cert_file', cfg.caFile) : Buffer.alloc(0),
-        ...(cfg.keyFile ? { privateKey: readFileFor('etcd_key_file', cfg.keyFile) } : {}),
-        ...(cfg.certFile ? { certChain: readFileFor('etcd_cert_file', cfg.certFile) } : {}),
+        rootCertificate: cfg.caFile ? readCredentialFile('etcd_ca_cert_file', cfg.caFile) : Buffer.alloc(0),
+        ...(cfg.keyFile ? { privateKey: readCredentialFile('etcd_key_file', cfg.keyFile) } : {}),
+        ...(cfg.certFile ? { certChain: readCredentialFile('etcd_cert_file', cfg.certFile) } : {}),
       };
       if (!cfg.caFile) delete options.credentials;
     }
@@ -77,7 +59,7 @@ export class EtcdStore implements Store {
     try {
       res = await this.client.kv.txn({ compare: [], success, failure: [] });
     } catch (e) {
-      throw unreachable(this.cfg, e);
+      throw etcdUnavailable(this.cfg, errorMessage(e));
     }
     return res.responses.map((r) =>
       ((r.response_range?.kvs ?? []) as RangeKv[]).map((kv) => ({
@@ -102,7 +84,7 @@ export class EtcdStore implements Store {
       });
       return { succeeded: res.succeeded, revision: Number(res.header.revision) };
     } catch (e) {
-      throw unreachable(this.cfg, e);
+      throw etcdUnavailable(this.cfg, errorMessage(e));
     }
   }
 

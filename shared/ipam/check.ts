@@ -3,6 +3,7 @@
  * blocks, handles and affinities must describe the same allocations. Returns the violations found; an
  * empty list means consistent. Keys outside /calico/ipam/v2/ are ignored.
  */
+import { keyPartToCidr } from '../calico/keys';
 import { cidrSize, formatIp, parseCidr, type Cidr } from './cidr';
 
 const BLOCK_KEY = /^\/calico\/ipam\/v2\/assignment\/ipv([46])\/block\/([^/]+)$/;
@@ -15,11 +16,6 @@ interface RawBlock {
   affinity: unknown;
   allocations: (number | null)[];
   attributes: { handle_id?: unknown }[];
-}
-
-function keyPartToCidr(part: string): string {
-  const i = part.lastIndexOf('-');
-  return i < 0 ? part : `${part.slice(0, i)}/${part.slice(i + 1)}`;
 }
 
 function isObject(v: unknown): v is Record<string, unknown> {
