@@ -6,6 +6,7 @@ import { openStore } from '../../shared/etcd/connect';
 import type { Store } from '../../shared/store/store';
 import { addPool, listPools, removePool, type PoolSpecInput } from '../../shared/ipam/pools';
 import { IpPoolSchema } from '../../shared/calico/model';
+import { parseWith } from '../../shared/cni/schema';
 import { setNode, type NodeUpdate } from '../../shared/calico/nodes';
 import { planRoutes, routeArgs } from '../../shared/ipam/routes';
 import { ipamUsage } from '../../shared/ipam/usage';
@@ -124,9 +125,7 @@ function poolInputFromFile(file: string): PoolSpecInput {
   } catch (e) {
     throw new CniError(ErrorCode.DecodeFailure, `cannot read IPPool from ${file}: ${(e as Error).message}`);
   }
-  const parsed = IpPoolSchema.safeParse(raw);
-  if (!parsed.success) throw new CniError(ErrorCode.InvalidConfig, `${file} is not an IPPool: ${parsed.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}`);
-  const { metadata, spec } = parsed.data;
+  const { metadata, spec } = parseWith(IpPoolSchema, raw, ErrorCode.InvalidConfig, `${file} is not an IPPool`);
   const input: PoolSpecInput = { cidr: spec.cidr, name: metadata.name };
   if (spec.blockSize !== undefined) input.blockSize = spec.blockSize;
   if (spec.disabled) input.disabled = true;

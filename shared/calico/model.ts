@@ -1,6 +1,7 @@
 import { randomUUID } from 'node:crypto';
-import { z } from 'zod';
+import * as z from 'zod/mini';
 import { CniError, ErrorCode } from '../cni/errors';
+import { parseWith } from '../cni/schema';
 
 /*
  * Calico's stored JSON, read with zod and written in libcalico-go's field order. Unknown fields are kept
@@ -26,27 +27,27 @@ function stringifyWithU64(value: unknown): string {
   return text.replace(/"\\u0001u64:(\d+)"/g, '$1');
 }
 
-const U64 = z.union([z.string().regex(/^\d+$/), z.number().int().nonnegative()]).transform((v) => BigInt(v));
+const U64 = z.pipe(z.union([z.string().check(z.regex(/^\d+$/)), z.int().check(z.nonnegative())]), z.transform((v) => BigInt(v)));
 
 // ---- IPAM block -------------------------------------------------------------------------------------
 
 export const AllocationAttributeSchema = z.looseObject({
-  handle_id: z.string().nullable().optional(),
-  secondary: z.record(z.string(), z.string()).nullable().optional(),
+  handle_id: z.optional(z.nullable(z.string())),
+  secondary: z.optional(z.nullable(z.record(z.string(), z.string()))),
 });
 
 export const BlockSchema = z.looseObject({
   cidr: z.string(),
-  affinity: z.string().nullable().optional(),
-  affinity_claim_time: z.string().optional(),
-  allocations: z.array(z.number().int().nonnegative().nullable()),
-  unallocated: z.array(z.number().int().nonnegative()),
-  attributes: z.array(AllocationAttributeSchema).nullable().optional(),
-  sequenceNumber: U64.optional(),
-  sequenceNumberForAllocation: z.record(z.string(), U64).nullable().optional(),
-  deleted: z.boolean().optional(),
+  affinity: z.optional(z.nullable(z.string())),
+  affinity_claim_time: z.optional(z.string()),
+  allocations: z.array(z.nullable(z.int().check(z.nonnegative()))),
+  unallocated: z.array(z.int().check(z.nonnegative())),
+  attributes: z.optional(z.nullable(z.array(AllocationAttributeSchema))),
+  sequenceNumber: z.optional(U64),
+  sequenceNumberForAllocation: z.optional(z.nullable(z.record(z.string(), U64))),
+  deleted: z.optional(z.boolean()),
   /** calico-ts extension: when each free ordinal was released (unix ms), for the reuse cooldown. */
-  releaseTimes: z.record(z.string(), z.number()).optional(),
+  releaseTimes: z.optional(z.record(z.string(), z.number())),
 });
 
 export type AllocationAttribute = z.infer<typeof AllocationAttributeSchema>;
@@ -75,10 +76,10 @@ export function encodeBlock(b: Block): string {
 // ---- affinity, handle, IPAM config -----------------------------------------------------------------
 
 export const AffinitySchema = z.looseObject({
-  state: z.enum(['', 'pending', 'confirmed', 'pendingDeletion']).optional(),
-  deleted: z.boolean().optional(),
+  state: z.optional(z.enum(['', 'pending', 'confirmed', 'pendingDeletion'])),
+  deleted: z.optional(z.boolean()),
   /** calico-ts: when a pending claim started (unix ms), so GC can tell a stuck claim from a live one. */
-  claimTime: z.number().optional(),
+  claimTime: z.optional(z.number()),
 });
 export type Affinity = z.infer<typeof AffinitySchema>;
 
@@ -95,8 +96,8 @@ export function encodeAffinity(state: 'pending' | 'confirmed' | 'pendingDeletion
 }
 
 export const HandleSchema = z.looseObject({
-  block: z.record(z.string(), z.number().int()).nullable().optional(),
-  deleted: z.boolean().optional(),
+  block: z.optional(z.nullable(z.record(z.string(), z.int()))),
+  deleted: z.optional(z.boolean()),
 });
 export type Handle = z.infer<typeof HandleSchema>;
 export function decodeHandle(text: string): Handle {
@@ -107,11 +108,11 @@ export function encodeHandle(blocks: Record<string, number>): string {
 }
 
 export const IpamConfigSchema = z.looseObject({
-  strict_affinity: z.boolean().optional(),
-  auto_allocate_blocks: z.boolean().optional(),
-  maxBlocksPerHost: z.number().int().nonnegative().optional(),
+  strict_affinity: z.optional(z.boolean()),
+  auto_allocate_blocks: z.optional(z.boolean()),
+  maxBlocksPerHost: z.optional(z.int().check(z.nonnegative())),
   /** calico-ts: seconds a released address rests before reuse while others are free (upstream HEAD name). */
-  ipCooldownSeconds: z.number().nonnegative().optional(),
+  ipCooldownSeconds: z.optional(z.number().check(z.nonnegative())),
 });
 export type IpamConfig = z.infer<typeof IpamConfigSchema>;
 
@@ -142,27 +143,27 @@ export const API_VERSION = 'projectcalico.org/v3';
 
 export const MetadataSchema = z.looseObject({
   name: z.string(),
-  namespace: z.string().optional(),
-  uid: z.string().optional(),
-  creationTimestamp: z.string().optional(),
-  resourceVersion: z.string().optional(),
-  labels: z.record(z.string(), z.string()).optional(),
-  annotations: z.record(z.string(), z.string()).optional(),
+  namespace: z.optional(z.string()),
+  uid: z.optional(z.string()),
+  creationTimestamp: z.optional(z.string()),
+  resourceVersion: z.optional(z.string()),
+  labels: z.optional(z.record(z.string(), z.string())),
+  annotations: z.optional(z.record(z.string(), z.string())),
 });
 export type Metadata = z.infer<typeof MetadataSchema>;
 
 export const IpPoolSpecSchema = z.looseObject({
   cidr: z.string(),
-  vxlanMode: z.string().optional(),
-  ipipMode: z.string().optional(),
-  natOutgoing: z.boolean().optional(),
-  disabled: z.boolean().optional(),
-  disableBGPExport: z.boolean().optional(),
-  blockSize: z.number().int().optional(),
-  nodeSelector: z.string().optional(),
-  namespaceSelector: z.string().optional(),
-  allowedUses: z.array(z.string()).optional(),
-  assignmentMode: z.string().optional(),
+  vxlanMode: z.optional(z.string()),
+  ipipMode: z.optional(z.string()),
+  natOutgoing: z.optional(z.boolean()),
+  disabled: z.optional(z.boolean()),
+  disableBGPExport: z.optional(z.boolean()),
+  blockSize: z.optional(z.int()),
+  nodeSelector: z.optional(z.string()),
+  namespaceSelector: z.optional(z.string()),
+  allowedUses: z.optional(z.array(z.string())),
+  assignmentMode: z.optional(z.string()),
 });
 export const IpPoolSchema = z.looseObject({
   kind: z.literal('IPPool'),
@@ -197,7 +198,7 @@ export const NodeSchema = z.looseObject({
   kind: z.literal('Node'),
   apiVersion: z.string(),
   metadata: MetadataSchema,
-  spec: z.record(z.string(), z.unknown()).optional(),
+  spec: z.optional(z.record(z.string(), z.unknown())),
 });
 export type CalicoNode = z.infer<typeof NodeSchema>;
 export function decodeNode(text: string): CalicoNode {
@@ -205,17 +206,17 @@ export function decodeNode(text: string): CalicoNode {
 }
 
 export const WorkloadEndpointSpecSchema = z.looseObject({
-  orchestrator: z.string().optional(),
-  workload: z.string().optional(),
-  node: z.string().optional(),
-  containerID: z.string().optional(),
-  pod: z.string().optional(),
-  endpoint: z.string().optional(),
-  serviceAccountName: z.string().optional(),
-  ipNetworks: z.array(z.string()).optional(),
-  profiles: z.array(z.string()).optional(),
-  interfaceName: z.string().optional(),
-  mac: z.string().optional(),
+  orchestrator: z.optional(z.string()),
+  workload: z.optional(z.string()),
+  node: z.optional(z.string()),
+  containerID: z.optional(z.string()),
+  pod: z.optional(z.string()),
+  endpoint: z.optional(z.string()),
+  serviceAccountName: z.optional(z.string()),
+  ipNetworks: z.optional(z.array(z.string())),
+  profiles: z.optional(z.array(z.string())),
+  interfaceName: z.optional(z.string()),
+  mac: z.optional(z.string()),
 });
 export const WorkloadEndpointSchema = z.looseObject({
   kind: z.literal('WorkloadEndpoint'),
@@ -232,7 +233,7 @@ export const ClusterInformationSchema = z.looseObject({
   kind: z.literal('ClusterInformation'),
   apiVersion: z.string(),
   metadata: MetadataSchema,
-  spec: z.looseObject({ datastoreReady: z.boolean().optional() }),
+  spec: z.looseObject({ datastoreReady: z.optional(z.boolean()) }),
 });
 export function decodeClusterInformation(text: string): z.infer<typeof ClusterInformationSchema> {
   return parseStored(ClusterInformationSchema, JSON.parse(text), 'ClusterInformation');
@@ -247,12 +248,8 @@ export function resource(kind: string, metadata: Metadata, spec: Record<string, 
   return JSON.stringify({ kind, apiVersion: API_VERSION, metadata, spec });
 }
 
-function parseStored<T extends z.ZodType>(schema: T, raw: unknown, what: string): z.infer<T> {
-  const r = schema.safeParse(raw);
-  if (!r.success) {
-    throw new CniError(ErrorCode.DecodeFailure, `stored ${what} is malformed: ${r.error.issues.map((i) => `${i.path.join('.')}: ${i.message}`).join('; ')}`);
-  }
-  return r.data;
+function parseStored<T extends z.ZodMiniType>(schema: T, raw: unknown, what: string): z.infer<T> {
+  return parseWith(schema, raw, ErrorCode.DecodeFailure, `stored ${what} is malformed`);
 }
 
 /** JSON.parse that reports a corrupt stored value as a decode failure naming the key. */

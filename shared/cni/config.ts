@@ -1,66 +1,67 @@
-import { z } from 'zod';
+import * as z from 'zod/mini';
 import { CniError, ErrorCode } from './errors';
 import { DnsSchema } from './result';
+import { parseWith } from './schema';
 
 /** libcni's rule for network names, which Calico also uses as the profile name and handle prefix. */
 export const NETWORK_NAME = /^[a-zA-Z0-9][a-zA-Z0-9_.-]*$/;
 
 /** Upstream reads assign_ipv4/assign_ipv6 as strings ("true"/"false"); booleans are accepted too. */
-const BoolString = z.union([z.string(), z.boolean()]).transform((v) => String(v).toLowerCase());
+const BoolString = z.pipe(z.union([z.string(), z.boolean()]), z.transform((v) => String(v).toLowerCase()));
 
 export const IpamConfSchema = z.looseObject({
-  type: z.string().min(1, 'ipam.type must name an IPAM plugin'),
-  assign_ipv4: BoolString.optional(),
-  assign_ipv6: BoolString.optional(),
-  ipv4_pools: z.array(z.string().min(1)).optional(),
-  ipv6_pools: z.array(z.string().min(1)).optional(),
-  subnet: z.string().optional(),
+  type: z.string().check(z.minLength(1, 'ipam.type must name an IPAM plugin')),
+  assign_ipv4: z.optional(BoolString),
+  assign_ipv6: z.optional(BoolString),
+  ipv4_pools: z.optional(z.array(z.string().check(z.minLength(1)))),
+  ipv6_pools: z.optional(z.array(z.string().check(z.minLength(1)))),
+  subnet: z.optional(z.string()),
 });
 
 export const AttachmentSchema = z.looseObject({ containerID: z.string(), ifname: z.string() });
 
 export const RuntimeConfigSchema = z.looseObject({
-  ips: z.array(z.string()).optional(),
+  ips: z.optional(z.array(z.string())),
 });
 
 export const NetConfSchema = z.looseObject({
-  cniVersion: z.string().optional(),
-  cniVersions: z.array(z.string()).optional(),
-  name: z.string().regex(NETWORK_NAME, 'must start with a letter or digit and contain only letters, digits, "_", "." and "-"'),
-  type: z.string().min(1),
-  ipam: IpamConfSchema.optional(),
-  dns: DnsSchema.optional(),
-  prevResult: z.unknown().optional(),
-  runtimeConfig: RuntimeConfigSchema.optional(),
-  args: z.record(z.string(), z.unknown()).optional(),
-  'cni.dev/valid-attachments': z.array(AttachmentSchema).optional(),
+  cniVersion: z.optional(z.string()),
+  cniVersions: z.optional(z.array(z.string())),
+  name: z.string().check(z.regex(NETWORK_NAME, 'must start with a letter or digit and contain only letters, digits, "_", "." and "-"')),
+  type: z.string().check(z.minLength(1)),
+  ipam: z.optional(IpamConfSchema),
+  dns: z.optional(DnsSchema),
+  prevResult: z.optional(z.unknown()),
+  runtimeConfig: z.optional(RuntimeConfigSchema),
+  args: z.optional(z.record(z.string(), z.unknown())),
+  'cni.dev/valid-attachments': z.optional(z.array(AttachmentSchema)),
   // libcni 1.2.3+ sends both keys (cni#1101); either is accepted.
-  'cni.dev/attachments': z.array(AttachmentSchema).optional(),
+  'cni.dev/attachments': z.optional(z.array(AttachmentSchema)),
 
   // Calico's netconf (cni-plugin/pkg/types/types.go).
-  datastore_type: z.string().optional(),
+  datastore_type: z.optional(z.string()),
   /** calico-ts: "grpc" (etcd3 client, default) or "http" (etcd's JSON gateway; much faster start). */
-  etcd_transport: z.enum(['grpc', 'http']).optional(),
-  etcd_endpoints: z.string().optional(),
-  etcd_discovery_srv: z.string().optional(),
-  etcd_key_file: z.string().optional(),
-  etcd_cert_file: z.string().optional(),
-  etcd_ca_cert_file: z.string().optional(),
-  etcd_username: z.string().optional(),
-  etcd_password: z.string().optional(),
-  log_level: z.string().optional(),
-  log_file_path: z.string().optional(),
-  mtu: z.number().int().min(0).max(65535).optional(),
-  require_mtu_file: z.boolean().optional(),
-  num_queues: z.number().int().optional(),
-  nodename: z.string().optional(),
-  nodename_file: z.string().optional(),
-  nodename_file_optional: z.boolean().optional(),
-  hostname: z.string().optional(),
-  ipam_lock_file: z.string().optional(),
-  container_settings: z.looseObject({ allow_ip_forwarding: z.boolean().optional() }).optional(),
-  policy: z.looseObject({ type: z.string().optional() }).optional(),
-  feature_control: z.looseObject({ ip_addrs_no_ipam: z.boolean().optional(), floating_ips: z.boolean().optional() }).optional(),
+  etcd_transport: z.optional(z.enum(['grpc', 'http'])),
+  etcd_endpoints: z.optional(z.string()),
+  etcd_discovery_srv: z.optional(z.string()),
+  etcd_key_file: z.optional(z.string()),
+  etcd_cert_file: z.optional(z.string()),
+  etcd_ca_cert_file: z.optional(z.string()),
+  etcd_username: z.optional(z.string()),
+  etcd_password: z.optional(z.string()),
+  log_level: z.optional(z.string()),
+  log_file_path: z.optional(z.string()),
+  mtu: z.optional(z.int().check(z.minimum(0), z.maximum(65535))),
+  require_mtu_file: z.optional(z.boolean()),
+  num_queues: z.optional(z.int()),
+  nodename: z.optional(z.string()),
+  nodename_file: z.optional(z.string()),
+  nodename_file_optional: z.optional(z.boolean()),
+  hostname: z.optional(z.string()),
+  ipam_lock_file: z.optional(z.string()),
+  container_settings: z.optional(z.looseObject({ allow_ip_forwarding: z.optional(z.boolean()) })),
+  policy: z.optional(z.looseObject({ type: z.optional(z.string()) })),
+  feature_control: z.optional(z.looseObject({ ip_addrs_no_ipam: z.optional(z.boolean()), floating_ips: z.optional(z.boolean()) })),
 });
 
 export type NetConf = z.infer<typeof NetConfSchema>;
@@ -78,15 +79,7 @@ export function parseNetConf(stdin: string): NetConf {
   if (typeof raw !== 'object' || raw === null || Array.isArray(raw)) {
     throw new CniError(ErrorCode.DecodeFailure, 'failed to parse network configuration: expected a JSON object');
   }
-  const parsed = NetConfSchema.safeParse(raw);
-  if (!parsed.success) {
-    throw new CniError(ErrorCode.InvalidConfig, `invalid network configuration: ${describeIssues(parsed.error)}`);
-  }
-  return parsed.data;
-}
-
-export function describeIssues(err: z.ZodError): string {
-  return err.issues.map((i) => `${i.path.length ? i.path.join('.') : '(root)'}: ${i.message}`).join('; ');
+  return parseWith(NetConfSchema, raw, ErrorCode.InvalidConfig, 'invalid network configuration');
 }
 
 /** The attachments a GC must keep. */

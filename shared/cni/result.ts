@@ -1,5 +1,6 @@
-import { z } from 'zod';
+import * as z from 'zod/mini';
 import { CniError, ErrorCode } from './errors';
+import { parseWith } from './schema';
 import { compareVersions } from './version';
 
 /**
@@ -8,42 +9,42 @@ import { compareVersions } from './version';
  */
 export const InterfaceSchema = z.looseObject({
   name: z.string(),
-  mac: z.string().optional(),
-  mtu: z.number().int().optional(),
-  sandbox: z.string().optional(),
-  socketPath: z.string().optional(),
-  pciID: z.string().optional(),
+  mac: z.optional(z.string()),
+  mtu: z.optional(z.int()),
+  sandbox: z.optional(z.string()),
+  socketPath: z.optional(z.string()),
+  pciID: z.optional(z.string()),
 });
 
 export const IpConfigSchema = z.looseObject({
-  interface: z.number().int().min(0).optional(),
+  interface: z.optional(z.int().check(z.minimum(0))),
   address: z.string(),
-  gateway: z.string().optional(),
+  gateway: z.optional(z.string()),
 });
 
 export const RouteSchema = z.looseObject({
   dst: z.string(),
-  gw: z.string().optional(),
-  mtu: z.number().int().optional(),
-  advmss: z.number().int().optional(),
-  priority: z.number().int().optional(),
-  table: z.number().int().optional(),
-  scope: z.number().int().optional(),
+  gw: z.optional(z.string()),
+  mtu: z.optional(z.int()),
+  advmss: z.optional(z.int()),
+  priority: z.optional(z.int()),
+  table: z.optional(z.int()),
+  scope: z.optional(z.int()),
 });
 
 export const DnsSchema = z.looseObject({
-  nameservers: z.array(z.string()).optional(),
-  domain: z.string().optional(),
-  search: z.array(z.string()).optional(),
-  options: z.array(z.string()).optional(),
+  nameservers: z.optional(z.array(z.string())),
+  domain: z.optional(z.string()),
+  search: z.optional(z.array(z.string())),
+  options: z.optional(z.array(z.string())),
 });
 
 export const ResultSchema = z.object({
   cniVersion: z.string(),
-  interfaces: z.array(InterfaceSchema).optional(),
-  ips: z.array(IpConfigSchema).optional(),
-  routes: z.array(RouteSchema).optional(),
-  dns: DnsSchema.optional(),
+  interfaces: z.optional(z.array(InterfaceSchema)),
+  ips: z.optional(z.array(IpConfigSchema)),
+  routes: z.optional(z.array(RouteSchema)),
+  dns: z.optional(DnsSchema),
 });
 
 export type Interface = z.infer<typeof InterfaceSchema>;
@@ -54,14 +55,14 @@ export type Result = z.infer<typeof ResultSchema>;
 
 const LegacyIpSchema = z.object({
   ip: z.string(),
-  gateway: z.string().optional(),
-  routes: z.array(RouteSchema.pick({ dst: true, gw: true })).optional(),
+  gateway: z.optional(z.string()),
+  routes: z.optional(z.array(z.pick(RouteSchema, { dst: true, gw: true }))),
 });
 const LegacyResultSchema = z.object({
-  cniVersion: z.string().optional(),
-  ip4: LegacyIpSchema.optional(),
-  ip6: LegacyIpSchema.optional(),
-  dns: DnsSchema.optional(),
+  cniVersion: z.optional(z.string()),
+  ip4: z.optional(LegacyIpSchema),
+  ip6: z.optional(LegacyIpSchema),
+  dns: z.optional(DnsSchema),
 });
 
 export function isV6Cidr(cidr: string): boolean {
@@ -79,22 +80,19 @@ export function parseAnyResult(raw: unknown, fallbackVersion: string): Result {
     ? raw.cniVersion
     : fallbackVersion;
   if (compareVersions(version, '0.3.0') < 0) {
-    const legacy = LegacyResultSchema.safeParse(raw);
-    if (!legacy.success) throw new CniError(ErrorCode.DecodeFailure, `failed to decode ${version} result: ${z.prettifyError(legacy.error)}`);
+    const legacy = parseWith(LegacyResultSchema, raw, ErrorCode.DecodeFailure, `failed to decode ${version} result`);
     const ips: IpConfig[] = [];
     const routes: Route[] = [];
-    for (const ip of [legacy.data.ip4, legacy.data.ip6]) {
+    for (const ip of [legacy.ip4, legacy.ip6]) {
       if (!ip) continue;
       ips.push(ip.gateway ? { address: ip.ip, gateway: ip.gateway } : { address: ip.ip });
       for (const r of ip.routes ?? []) routes.push(r.gw ? { dst: r.dst, gw: r.gw } : { dst: r.dst });
     }
     const out: Result = { cniVersion: version, ips, routes };
-    if (!dnsIsEmpty(legacy.data.dns) && legacy.data.dns) out.dns = legacy.data.dns;
+    if (!dnsIsEmpty(legacy.dns) && legacy.dns) out.dns = legacy.dns;
     return out;
   }
-  const parsed = ResultSchema.safeParse({ ...(raw as object), cniVersion: version });
-  if (!parsed.success) throw new CniError(ErrorCode.DecodeFailure, `failed to decode ${version} result: ${z.prettifyError(parsed.error)}`);
-  const r = parsed.data;
+  const r = parseWith(ResultSchema, { ...(raw as object), cniVersion: version }, ErrorCode.DecodeFailure, `failed to decode ${version} result`);
   // 0.3.x/0.4.0 carry ips[].version; the internal shape derives it from the address.
   return { ...r, ips: r.ips?.map(({ version: _v, ...ip }) => ip) };
 }
