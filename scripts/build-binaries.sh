@@ -1,8 +1,9 @@
 #!/usr/bin/env bash
 # Builds dist/calico and dist/calico-ipam: one self-contained JavaScript file each, executable, started by
 # node through env(1). Each file is a small launcher (shared/launch/launcher.ts) that answers VERSION by
-# itself and carries the plugin (an ncc bundle, with etcd3's .proto files embedded, brotli-compressed)
-# inside a block comment, so VERSION does not pay for parsing the whole bundle.
+# itself, followed by the plugin in block comments (scripts/pack-payload.mjs): the plugin's ncc bundle as
+# plain JavaScript, and the chunks it loads lazily (the etcd3/gRPC client, with etcd3's .proto files
+# embedded) brotli-compressed.
 #
 # Usage: scripts/build-binaries.sh [--sea]
 #   --sea   also build dist/sea/calico and dist/sea/calico-ipam: Node single executable applications with
@@ -14,17 +15,27 @@ for a in "$@"; do case $a in --sea) SEA=1 ;; *) echo "unknown argument $a" >&2; 
 
 node scripts/gen-etcd3-protos.mjs >/dev/null
 mkdir -p dist build
-# Minified (-m): the files are less than half the size, which is what VERSION pays for (node reads and
-# scans the whole file); the plugin itself compiles from a V8 code cache, so minifying costs it nothing.
+# Minified (-m): the files are less than half the size, which every start pays for (node reads and scans
+# the whole file); the plugin itself compiles from a V8 code cache, so minifying costs it nothing.
 # A private work dir per run, so two builds at once never read each other's halves.
 NCC=$(mktemp -d build/ncc.XXXXXX)
 trap 'rm -rf "$NCC"' EXIT
 # The -u drops NODE_EXTRA_CA_CERTS, which runtimes pass through from their own environment: Node would
 # parse that bundle on every start (~45 ms). etcd TLS uses etcd_ca_cert_file, not that variable.
-SHEBANG='#!/usr/bin/env -S -u NODE_EXTRA_CA_CERTS node'
+# The -e answers VERSION (podman asks before every ADD and DEL) before node reads this file at all; any
+# other call requires the file itself. Go's exec, which every runtime uses, ignores the EPIPE of a stdin
+# that a successful plugin did not read. Linux reads at most 255 bytes of a "#!" line: checked below.
+shebang() { # $1: the VERSION answer
+  local code="process.env.CNI_COMMAND==\"VERSION\"?console.log(\`$1\`):require(require(\"path\").resolve(process.argv[1]))"
+  printf "#!/usr/bin/env -S -u NODE_EXTRA_CA_CERTS node -e '%s'" "$code"
+}
 ncc() { npx --no-install ncc build "$1" -o "$2" -q -m --target es2022 >/dev/null && [ -s "$2/index.js" ]; }
 
 ncc shared/launch/launcher.ts "$NCC/launcher"
+version_answer=$(CNI_COMMAND=VERSION node "$NCC/launcher/index.js" </dev/null)
+case $version_answer in *[\'\`\$\\]*) echo "build: VERSION answer $version_answer cannot go into the #! line" >&2; exit 1 ;; esac
+SHEBANG=$(shebang "$version_answer")
+[ ${#SHEBANG} -le 255 ] || { echo "build: the #! line is ${#SHEBANG} bytes; Linux reads at most 255" >&2; exit 1; }
 for p in calico calico-ipam; do
   ncc "plugins/$p/main.ts" "$NCC/$p"
   out="dist/$p.tmp.$$"
@@ -32,9 +43,7 @@ for p in calico calico-ipam; do
   {
     echo "$SHEBANG"
     sed "s/__CALICO_TS_BUILD_ID__/$id/" "$NCC/launcher/index.js"
-    printf '\n/*CALICO-TS-PAYLOAD:%s:' "$id"
-    node scripts/pack-payload.mjs "$NCC/$p/index.js"
-    printf '*/\n'
+    node scripts/pack-payload.mjs "$NCC/$p" "$id"
   } >"$out"
   chmod 755 "$out"
   mv -f "$out" "dist/$p" # atomic: a runtime never execs a half-written file

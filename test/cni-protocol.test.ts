@@ -258,36 +258,40 @@ describe('calico-ipam: datastore', () => {
     expectCniError(none, 2, ['datastore_type']);
   });
 
-  it('the binary works alone in an empty directory (embedded .proto files): pool add, ADD, DEL', async () => {
+  it.each(['http', 'grpc'] as const)('the binary works alone in an empty directory, etcd_transport %s (grpc: the compressed chunk, embedded .proto files): pool add, ADD, DEL', async (transport) => {
     // Nothing on the module search path above a temp dir may help the copy find its dependencies.
     for (const dir of [os.tmpdir(), path.dirname(os.tmpdir())]) expect(fs.existsSync(path.join(dir, 'node_modules'))).toBe(false);
     const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'cts-alone-'));
     // The launcher's V8 code cache is keyed by inode: a fresh copy would leave a new file in the system
     // cache dir on every run, so it goes to a temp dir of its own.
     const cacheDir = fs.mkdtempSync(path.join(os.tmpdir(), 'cts-alone-cache-'));
+    const pool =
+      transport === 'http'
+        ? { name: 'alone-http', cidr: '10.77.0.0/24', address: /^10\.77\.0\.\d+\/26$/, handle: /^\{"block":\{"10\.77\.0\.\d+\/26":1\},"deleted":false\}$/ }
+        : { name: 'alone-grpc', cidr: '10.77.1.0/24', address: /^10\.77\.1\.\d+\/26$/, handle: /^\{"block":\{"10\.77\.1\.\d+\/26":1\},"deleted":false\}$/ };
     try {
       const bin = path.join(dir, 'calico-ipam');
       fs.copyFileSync(path.join(DIST, 'calico-ipam'), bin);
       fs.chmodSync(bin, 0o755);
       expect(fs.readdirSync(dir)).toEqual(['calico-ipam']);
 
-      const pool = await runPlugin(bin, { env: { CALICO_TS_CACHE_DIR: cacheDir }, args: ['pool', 'add', '10.77.0.0/24', '--name', 'alone', '--etcd-endpoints', endpoint()] });
-      expect(pool.status, pool.stdout + pool.stderr).toBe(0);
-      expect(pool.stdout).toContain('alone');
+      const added = await runPlugin(bin, { env: { CALICO_TS_CACHE_DIR: cacheDir }, args: ['pool', 'add', pool.cidr, '--name', pool.name, '--etcd-endpoints', endpoint()] });
+      expect(added.status, added.stdout + added.stderr).toBe(0);
+      expect(added.stdout).toContain(pool.name);
 
-      const stdin = ipamConf({ endpoint: endpoint(), ipam: { ipv4_pools: ['alone'] } });
-      const env = { ...cniEnv({ command: 'ADD', containerId: 'alone-1', netns: '/var/run/netns/alone', path: dir }), CALICO_TS_CACHE_DIR: cacheDir };
+      const stdin = ipamConf({ endpoint: endpoint(), ipam: { ipv4_pools: [pool.name] }, extra: { etcd_transport: transport } });
+      const env = { ...cniEnv({ command: 'ADD', containerId: `alone-${transport}`, netns: '/var/run/netns/alone', path: dir }), CALICO_TS_CACHE_DIR: cacheDir };
       const add = await runPlugin(bin, { env, stdin });
       expect(add.status, add.stdout + add.stderr).toBe(0);
       const result = add.json as { cniVersion: string; ips: { address: string }[] };
       expect(result.cniVersion).toBe('1.0.0');
       expect(result.ips).toHaveLength(1);
-      expect(result.ips[0]?.address).toMatch(/^10\.77\.0\.\d+\/26$/);
-      expect(await etcd?.get('/calico/ipam/v2/handle/net1.alone-1')).toMatch(/^\{"block":\{"10\.77\.0\.\d+\/26":1\},"deleted":false\}$/);
+      expect(result.ips[0]?.address).toMatch(pool.address);
+      expect(await etcd?.get(`/calico/ipam/v2/handle/net1.alone-${transport}`)).toMatch(pool.handle);
 
       const del = await runPlugin(bin, { env: { ...env, CNI_COMMAND: 'DEL' }, stdin });
       expect(del.status, del.stdout + del.stderr).toBe(0);
-      expect(await etcd?.get('/calico/ipam/v2/handle/net1.alone-1')).toBeUndefined();
+      expect(await etcd?.get(`/calico/ipam/v2/handle/net1.alone-${transport}`)).toBeUndefined();
       expect(fs.readdirSync(dir)).toEqual(['calico-ipam']);
     } finally {
       fs.rmSync(dir, { recursive: true, force: true });

@@ -40,7 +40,7 @@ export const NetConfSchema = z.looseObject({
 
   // Calico's netconf (cni-plugin/pkg/types/types.go).
   datastore_type: z.optional(z.string()),
-  /** calico-ts: "grpc" (etcd3 client, default) or "http" (etcd's JSON gateway; much faster start). */
+  /** calico-ts: "http" (etcd's v3 JSON gateway, default) or "grpc" (the etcd3 client). */
   etcd_transport: z.optional(z.enum(['grpc', 'http'])),
   etcd_endpoints: z.optional(z.string()),
   etcd_discovery_srv: z.optional(z.string()),

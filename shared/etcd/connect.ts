@@ -7,7 +7,8 @@ import { HttpEtcdStore } from './http-store';
 export async function openStore(conf: NetConf, env: Readonly<Record<string, string | undefined>> = process.env): Promise<Store> {
   const cfg = resolveEtcdConfig(conf, env);
   if (cfg.transport === 'http') return new HttpEtcdStore(cfg);
-  // Loaded only on this path: grpc-js and protobufjs are most of a plugin's start-up time.
-  const { EtcdStore } = await import(/* webpackMode: "eager" */ './store');
+  // A chunk of its own (a compressed part of the binary), loaded only on this path: grpc-js and
+  // protobufjs would be most of a plugin's start-up time.
+  const { EtcdStore } = await import('./store');
   return EtcdStore.connect(cfg);
 }

@@ -1,21 +1,32 @@
 /**
- * The first code of each binary. The plugin itself (~1 MB bundled) rides behind this launcher inside a
- * block comment, brotli-compressed and base64-encoded (scripts/pack-payload.mjs), so answering VERSION (podman asks before every ADD and DEL) parses a few KB instead of
- * the whole bundle. Every other call decodes the payload and compiles it with a V8 code cache kept in
- * /var/cache/calico-ts (or CALICO_TS_CACHE_DIR; CALICO_TS_CODE_CACHE=0 turns it off), which spares
- * most of the compile time on every later start.
+ * The first code of each binary. The plugin rides behind this launcher in block comments, one per part
+ * (scripts/pack-payload.mjs):
+ *   - `main`, the plugin (an ncc bundle) as plain JavaScript, so an ADD or DEL neither decodes nor
+ *     decompresses anything;
+ *   - its lazily loaded chunks (today only the etcd3/gRPC datastore client, ~1.5 MB), brotli-compressed
+ *     and base64-encoded, since only `etcd_transport: grpc` ever loads them.
+ * VERSION (podman asks before every ADD and DEL) is answered here, before any part is compiled. Every other
+ * call compiles `main` with a V8 code cache kept in /var/cache/calico-ts (or CALICO_TS_CACHE_DIR;
+ * CALICO_TS_CODE_CACHE=0 turns it off), which spares most of the compile time on every later start.
  */
-import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
-import { createRequire } from 'node:module';
 import path from 'node:path';
-import vm from 'node:vm';
-import zlib from 'node:zlib';
+import type vm from 'node:vm';
 import { CURRENT_VERSION, SUPPORTED_VERSIONS } from '../cni/version';
 
-export const PAYLOAD_MARK = '/*CALICO-TS-PAYLOAD:';
-/** Replaced per binary by the build; the payload mark carries the same id. */
+// Every other built-in module is required where it is used: VERSION must not pay for loading them.
+const lazy = {
+  childProcess: () => require('node:child_process') as typeof import('node:child_process'),
+  module: () => require('node:module') as typeof import('node:module'),
+  vm: () => require('node:vm') as typeof import('node:vm'),
+  zlib: () => require('node:zlib') as typeof import('node:zlib'),
+};
+
+export const PART_MARK = '/*CALICO-TS-PART:';
+/** Replaced per binary by the build; every part carries the same id. */
 const BUILD_ID = '__CALICO_TS_BUILD_ID__';
+
+type ModuleFn = (e: object, r: NodeJS.Require, m: { exports: unknown }, f: string, d: string) => void;
 
 function answerVersion(): void {
   if (!process.stdin.isTTY) {
@@ -28,11 +39,58 @@ function answerVersion(): void {
   process.stdout.write(`${JSON.stringify({ cniVersion: CURRENT_VERSION, supportedVersions: SUPPORTED_VERSIONS })}\n`);
 }
 
-function cachePath(self: string, st: fs.Stats): string | undefined {
+/**
+ * The binary was replaced between node reading this launcher and the launcher reading its parts (an
+ * upgrade mid-call): run the new file instead, once, with the same arguments, environment and stdin.
+ */
+function reexec(self: string): never {
+  if (process.env.CALICO_TS_REEXEC === '1') throw new Error(`${self} keeps changing while it starts; retry`);
+  const r = lazy.childProcess().spawnSync(process.execPath, [self, ...process.argv.slice(2)], { stdio: 'inherit', env: { ...process.env, CALICO_TS_REEXEC: '1' } });
+  process.exit(r.status ?? 1);
+}
+
+interface Part {
+  encoding: string;
+  /** The part's text, read only when the part is used. */
+  text: () => string;
+}
+
+/**
+ * The parts of this binary by name. Each starts a line: \n/*CALICO-TS-PART:<build id>:<name>:<encoding>:<text>*\/
+ * The file is ASCII (scripts/pack-payload.mjs), so bytes are characters and only the parts a call uses are
+ * turned into strings.
+ */
+function readParts(self: string): Map<string, Part> {
+  const file = fs.readFileSync(self);
+  const parts = new Map<string, Part>();
+  const needle = `\n${PART_MARK}`;
+  const field = (from: number) => file.indexOf(':', from);
+  for (let at = file.indexOf(needle); at >= 0; at = file.indexOf(needle, at + 1)) {
+    const p0 = at + needle.length;
+    const p1 = field(p0);
+    const p2 = field(p1 + 1);
+    const p3 = field(p2 + 1);
+    const end = file.indexOf('*/', p3 + 1);
+    if (p1 < 0 || p2 < 0 || p3 < 0 || end < 0) break;
+    if (file.toString('latin1', p0, p1) !== BUILD_ID) reexec(self);
+    parts.set(file.toString('latin1', p1 + 1, p2), { encoding: file.toString('latin1', p2 + 1, p3), text: () => file.toString('latin1', p3 + 1, end) });
+    at = end;
+  }
+  return parts;
+}
+
+function decode(part: Part): string {
+  if (part.encoding === 'br64') return lazy.zlib().brotliDecompressSync(Buffer.from(part.text(), 'base64')).toString('utf8');
+  // raw-<hex>: each "*/" was stored with that control character between "*" and "/".
+  const esc = String.fromCharCode(parseInt(part.encoding.slice('raw-'.length), 16));
+  return part.text().replaceAll(`*${esc}/`, '*/');
+}
+
+function cacheFile(self: string, st: fs.Stats, part: string): string | undefined {
   if (process.env.CALICO_TS_CODE_CACHE === '0') return undefined;
   const dir = process.env.CALICO_TS_CACHE_DIR || '/var/cache/calico-ts';
   const id = `${path.basename(self)}-${st.ino}-${st.size}-${Math.trunc(st.mtimeMs)}-${process.version}-${process.arch}`;
-  return path.join(dir, `${id}.v8cache`);
+  return path.join(dir, `${id}${part === 'main' ? '' : `-${part}`}.v8cache`);
 }
 
 function readCache(file: string | undefined): Buffer | undefined {
@@ -59,34 +117,38 @@ function writeCacheOnExit(file: string, script: vm.Script): void {
   });
 }
 
-
-/**
- * The binary was replaced between node reading this launcher and the launcher reading its payload (an
- * upgrade mid-call): run the new file instead, once, with the same arguments, environment and stdin.
- */
-function reexec(self: string): never {
-  if (process.env.CALICO_TS_REEXEC === '1') throw new Error(`${self} keeps changing while it starts; retry`);
-  const r = spawnSync(process.execPath, [self, ...process.argv.slice(2)], { stdio: 'inherit', env: { ...process.env, CALICO_TS_REEXEC: '1' } });
-  process.exit(r.status ?? 1);
+/** Compiles one part as a CommonJS module body, from the code cache when there is a good one. */
+function compile(self: string, st: fs.Stats, name: string, code: string): ModuleFn {
+  const file = cacheFile(self, st, name);
+  const cachedData = readCache(file);
+  const wrapped = `(function (exports, require, module, __filename, __dirname) {${code}\n})`;
+  const script = new (lazy.vm().Script)(wrapped, { filename: name === 'main' ? self : `${self}#${name}`, ...(cachedData ? { cachedData } : {}) });
+  if (file && (!cachedData || script.cachedDataRejected)) writeCacheOnExit(file, script);
+  return script.runInThisContext() as ModuleFn;
 }
 
-function runPayload(self: string): void {
-  const text = fs.readFileSync(self, 'latin1');
-  const at = text.lastIndexOf(PAYLOAD_MARK);
-  const end = text.lastIndexOf('*/');
-  if (at < 0 || end < at) throw new Error(`${self}: payload missing (rebuild with scripts/build-binaries.sh)`);
-  const idEnd = text.indexOf(':', at + PAYLOAD_MARK.length);
-  if (text.slice(at + PAYLOAD_MARK.length, idEnd) !== BUILD_ID) reexec(self);
-  const code = zlib.brotliDecompressSync(Buffer.from(text.slice(idEnd + 1, end), 'base64')).toString('utf8');
+function run(self: string): void {
+  const parts = readParts(self);
+  const main = parts.get('main');
+  if (!main) throw new Error(`${self}: plugin code missing (rebuild with scripts/build-binaries.sh)`);
   const st = fs.statSync(self);
-  const cacheFile = cachePath(self, st);
-  const cachedData = readCache(cacheFile);
-  const wrapped = `(function (exports, require, module, __filename, __dirname) {${code}\n})`;
-  const script = new vm.Script(wrapped, { filename: self, ...(cachedData ? { cachedData } : {}) });
-  if (cacheFile && (!cachedData || script.cachedDataRejected)) writeCacheOnExit(cacheFile, script);
-  const fn = script.runInThisContext() as (e: object, r: NodeJS.Require, m: object, f: string, d: string) => void;
-  const mod = { exports: {} };
-  fn(mod.exports, createRequire(self), mod, self, path.dirname(self));
+  const nodeRequire = lazy.module().createRequire(self);
+  const loaded = new Map<string, unknown>();
+  // The bundle loads its chunks with require("./<name>.index.js"); they are parts of this file.
+  const partRequire = ((id: string) => {
+    const m = /^\.\/(.+)\.index\.js$/.exec(id);
+    const part = m?.[1] !== undefined ? parts.get(m[1]) : undefined;
+    if (!m?.[1] || !part) return nodeRequire(id);
+    if (!loaded.has(m[1])) {
+      const mod = { exports: {} as unknown };
+      compile(self, st, m[1], decode(part))(mod.exports as object, partRequire, mod, self, path.dirname(self));
+      loaded.set(m[1], mod.exports);
+    }
+    return loaded.get(m[1]);
+  }) as NodeJS.Require;
+  Object.assign(partRequire, { resolve: nodeRequire.resolve, cache: nodeRequire.cache, main: nodeRequire.main });
+  const mod = { exports: {} as unknown };
+  compile(self, st, 'main', decode(main))(mod.exports as object, partRequire, mod, self, path.dirname(self));
 }
 
 /** Nothing may escape as a stack trace: a CNI caller gets an error object, an operator a message. */
@@ -100,7 +162,7 @@ function fail(e: unknown): never {
 try {
   const self = fs.realpathSync(process.argv[1] ?? __filename);
   if (process.env.CNI_COMMAND === 'VERSION') answerVersion();
-  else runPayload(self);
+  else run(self);
 } catch (e) {
   fail(e);
 }

@@ -60,6 +60,12 @@ describe('parseIp', () => {
   it('parses both families and rejects junk', () => {
     expect(parseIp('192.168.1.2')).toEqual({ family: 4, value: 0xc0a80102n });
     expect(parseIp('::1')).toEqual({ family: 6, value: 1n });
+    expect(parseIp('0.0.0.0')).toEqual({ family: 4, value: 0n });
+    expect(parseIp('255.255.255.255')).toEqual({ family: 4, value: 0xffffffffn });
+    expect(parseIp('::')).toEqual({ family: 6, value: 0n });
+    expect(parseIp('FD00::A')).toEqual({ family: 6, value: 0xfd00000000000000000000000000000an });
+    expect(parseIp('fe80::ecee:eeff:feee:eeee')).toEqual({ family: 6, value: 0xfe80000000000000eceeeefffeeeeeeen });
+    expect(parseIp('::ffff:1.2.3.4')).toEqual({ family: 6, value: 0xffff01020304n });
     for (const bad of ['', '1.2.3', '256.1.1.1', '1.2.3.4.5', 'a.b.c.d', ':::', '1::2::3', 'fd00::g', '10.0.0.0/8']) {
       expect(parseIp(bad), bad).toBeUndefined();
     }
