@@ -1,4 +1,5 @@
 import { execFile } from 'node:child_process';
+import { createHash } from 'node:crypto';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
@@ -236,22 +237,43 @@ describe('nothing is left behind', () => {
     expect(await linkJson('eth0peer', ns)).toHaveLength(1);
   });
 
-  it("an ADD whose veth name collides with another container's (same first 11 characters) fails and leaves that container alone", async () => {
+  it("an ADD whose veth name is another container's (same first 11 characters) takes the fallback name; each DEL removes only its own", async () => {
     const first = await netns();
     const second = await netns();
-    const a = cniEnv({ command: 'ADD', containerId: `collide${process.pid}aaaa`, netns: first.path });
-    const b = cniEnv({ command: 'ADD', containerId: `collide${process.pid}bbbb`, netns: second.path });
+    const idA = `collide${process.pid}aaaa`;
+    const idB = `collide${process.pid}bbbb`;
+    const a = cniEnv({ command: 'ADD', containerId: idA, netns: first.path });
+    const b = cniEnv({ command: 'ADD', containerId: idB, netns: second.path });
     expect((await runPlugin('calico', { env: a, stdin: directConf('1.0.0') })).status).toBe(0);
-    const veth = hostVeth(`collide${process.pid}aaaa`);
-    expect(hostVeth(`collide${process.pid}bbbb`)).toBe(veth);
+    const veth = hostVeth(idA);
+    expect(hostVeth(idB)).toBe(veth);
     const r = await runPlugin('calico', { env: b, stdin: directConf('1.0.0') });
-    expect(r.status).not.toBe(0);
-    expect((r.json as { code: number; msg: string }).msg).toMatch(/belongs to container collide/);
-    expect(await linkJson(veth)).toHaveLength(1);
-    expect(await ping(undefined, (await sh(['ip', '-n', first.name, '-4', '-o', 'addr', 'show', 'dev', 'eth0'])).split(/\s+/)[3]?.split('/')[0] ?? '')).toBe(true);
-    expect(await etcd.get(`/calico/ipam/v2/handle/${NET}.collide${process.pid}bbbb`)).toBeUndefined();
+    expect(r.status, r.stdout + r.stderr).toBe(0);
+    const fallback = `cali${createHash('sha1').update(idB).digest('hex').slice(0, 11)}`;
+    const result = r.json as { interfaces: { name: string; mac?: string }[]; ips: { address: string }[] };
+    expect(result.interfaces[0]?.name).toBe(fallback);
+    // Both pods are networked, each through its own veth, and the endpoint names the one it got.
+    expect((await linkJson(veth))[0]?.ifalias).toBe(`calico-ts:${idA}`);
+    expect((await linkJson(fallback))[0]?.ifalias).toBe(`calico-ts:${idB}`);
+    const addrOf = async (ns: Netns) => (await sh(['ip', '-n', ns.name, '-4', '-o', 'addr', 'show', 'dev', 'eth0'])).split(/\s+/)[3]?.split('/')[0] ?? '';
+    const ipB = await addrOf(second);
+    expect(result.ips[0]?.address).toBe(`${ipB}/32`);
+    expect(await sh(['ip', '-4', 'route', 'show', 'exact', `${ipB}/32`])).toContain(`dev ${fallback}`);
+    expect(await ping(undefined, await addrOf(first))).toBe(true);
+    expect(await ping(undefined, ipB)).toBe(true);
+    const weps = [...(await etcd.getPrefix('/calico/resources/v3/projectcalico.org/workloadendpoints/')).values()];
+    expect(weps.find((v) => v.includes(idB))).toContain(`"interfaceName":"${fallback}"`);
+    // CHECK finds the fallback veth of its container.
+    const check = await runPlugin('calico', { env: { ...b, CNI_COMMAND: 'CHECK' }, stdin: directConf('1.0.0', { prevResult: result }) });
+    expect(check.status, check.stdout + check.stderr).toBe(0);
+    // Deleting the first pod leaves the second one's veth, and the other way round.
     expect((await runPlugin('calico', { env: { ...a, CNI_COMMAND: 'DEL' }, stdin: directConf('1.0.0') })).status).toBe(0);
+    expect(await linkJson(veth)).toEqual([]);
+    expect((await linkJson(fallback))[0]?.ifalias).toBe(`calico-ts:${idB}`);
+    expect(await ping(undefined, ipB)).toBe(true);
     expect((await runPlugin('calico', { env: { ...b, CNI_COMMAND: 'DEL' }, stdin: directConf('1.0.0') })).status).toBe(0);
+    expect(await linkJson(fallback)).toEqual([]);
+    expect(await etcd.get(`/calico/ipam/v2/handle/${NET}.${idB}`)).toBeUndefined();
   });
 
   it('DEL with an empty CNI_NETNS (containerd after the task exited) releases the address and the endpoint', async () => {

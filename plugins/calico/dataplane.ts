@@ -30,6 +30,8 @@ export interface Workload {
   netns: string;
   ifname: string;
   hostIfname: string;
+  /** Taken instead of hostIfname when that belongs to another container (see WorkloadIdentity). */
+  hostIfnameFallback: string | undefined;
   mtu: number;
   numQueues: number;
   ips: readonly WorkloadIp[];
@@ -138,74 +140,95 @@ async function setUpHostSide(w: Workload, ns: NetnsRef, log: Logger): Promise<vo
   }
 }
 
+/** Who a host veth belongs to, by the alias calico-ts gives it; undefined when it carries none. */
+function vethOwner(name: string): string | undefined {
+  const alias = linkAlias(name);
+  return alias?.startsWith(ALIAS_PREFIX) ? alias.slice(ALIAS_PREFIX.length) : undefined;
+}
+
+/**
+ * The host veth name this ADD takes: the usual one unless another container owns it, then the fallback.
+ * A leftover of an earlier ADD of this workload that was never DELeted is deleted (upstream does the same);
+ * so is another pod-named (Kubernetes) veth, an earlier sandbox of the same pod.
+ */
+async function claimHostIfname(w: Workload, log: Logger): Promise<string> {
+  const candidates = [w.hostIfname, ...(w.vethNamedByPod || !w.hostIfnameFallback ? [] : [w.hostIfnameFallback])];
+  const owners: string[] = [];
+  for (const name of candidates) {
+    if (!linkExists(name)) return name;
+    const owner = vethOwner(name);
+    if (w.vethNamedByPod || owner === undefined || owner === w.containerId) {
+      log.warn('deleting stale host veth', { name, owner });
+      await ip(['link', 'del', name]);
+      return name;
+    }
+    owners.push(`${name} belongs to container ${owner}`);
+  }
+  // Upstream would delete the other pod's veth, cutting it off.
+  throw new CniError(ErrorCode.Netlink, `no free host interface name for container ${w.containerId}: ${owners.join('; ')}`);
+}
+
 /**
  * Creates everything for one workload, or nothing: a failure removes the pair this call created and
- * never touches an interface it did not create.
+ * never touches an interface it did not create. Returns the host veth's name and the container's MAC.
  */
-export async function setUp(w: Workload, log: Logger): Promise<{ containerMac: string }> {
+export async function setUp(w: Workload, log: Logger): Promise<{ containerMac: string; hostIfname: string }> {
   const ns = requireNetns(w.netns);
-  if (linkExists(w.hostIfname)) {
-    const alias = linkAlias(w.hostIfname);
-    const owner = alias?.startsWith(ALIAS_PREFIX) ? alias.slice(ALIAS_PREFIX.length) : undefined;
-    if (!w.vethNamedByPod && owner !== undefined && owner !== w.containerId) {
-      // Upstream would delete it, cutting off the other pod. Names collide when container ids share their
-      // first 11 characters (cnitool's "cnitool-" ids keep only 3 distinct ones).
-      throw new CniError(
-        ErrorCode.Netlink,
-        `host interface ${w.hostIfname} belongs to container ${owner}: container ids that share their first 11 characters collide in Calico's veth names`,
-      );
-    }
-    // A leftover from an earlier ADD of this workload that was never DELeted (upstream does the same).
-    log.warn('deleting stale host veth', { name: w.hostIfname, alias });
-    await ip(['link', 'del', w.hostIfname]);
-  }
+  const hostIfname = await claimHostIfname(w, log);
+  const named = { ...w, hostIfname };
   const containerMac = randomMac();
-  const batch = await ip([], { ns, batch: containerBatch(w, containerMac) });
+  const batch = await ip([], { ns, batch: containerBatch(named, containerMac) });
   if (batch.exitCode !== 0) {
     // The pair is created by the first line; if a later line failed, remove the pair we made. If the
     // first failed (e.g. the interface name is taken), nothing of ours exists and nothing is touched.
-    if (linkExists(w.hostIfname)) await ip(['link', 'del', w.hostIfname]);
+    if (linkExists(hostIfname)) await ip(['link', 'del', hostIfname]);
     throw new CniError(ErrorCode.Netlink, `failed to set up ${w.ifname} in netns ${JSON.stringify(w.netns)}: ${batch.stderr.trim().replace(/\s+/g, ' ')}`);
   }
   log.debug('container side done', { t: log.elapsed() });
   try {
-    await setUpHostSide(w, ns, log);
+    await setUpHostSide(named, ns, log);
   } catch (e) {
-    await ip(['link', 'del', w.hostIfname]);
+    await ip(['link', 'del', hostIfname]);
     throw e;
   }
   log.debug('host side done', { t: log.elapsed() });
-  return { containerMac };
+  return { containerMac, hostIfname };
 }
 
 export interface TearDownTarget {
   containerId: string;
   netns: string;
   ifname: string;
-  hostIfname: string;
+  /** The names the host veth may have (the usual one and the fallback); only this container's is removed. */
+  hostIfnames: readonly string[];
+}
+
+/** The host veth of this container among the candidate names, by its alias. */
+export function ownHostVeth(containerId: string, names: readonly string[]): string | undefined {
+  return names.find((n) => linkExists(n) && vethOwner(n) === containerId);
 }
 
 /**
- * Removes the workload's interfaces; whatever is already gone is fine. The host veth is removed only if
- * its alias names this container (or `force`, for the rollback of our own ADD): after a StatefulSet pod is
+ * Removes the workload's interfaces; whatever is already gone is fine. A host veth is removed only if its
+ * alias names this container (or `force`, for the rollback of our own ADD): after a StatefulSet pod is
  * replaced, a newer pod with the same name owns a veth of the same name (upstream calico#10375).
  */
 export async function tearDown(t: TearDownTarget, log: Logger, opts: { force?: boolean } = {}): Promise<void> {
   if (t.netns !== '' && netnsExists(t.netns)) {
+    // Deleting the container end deletes the pair: one exec, and the kernel's ~20 ms of veth teardown.
     const r = await ip(['link', 'del', t.ifname], { ns: netnsRef(t.netns) });
     if (r.exitCode !== 0 && !/Cannot find device|does not exist/i.test(r.stderr)) {
       throw new CniError(ErrorCode.Netlink, `failed to delete ${t.ifname} in netns ${JSON.stringify(t.netns)}: ${r.stderr.trim()}`);
     }
   }
-  if (!linkExists(t.hostIfname)) return;
-  const alias = linkAlias(t.hostIfname);
-  if (opts.force || alias === `${ALIAS_PREFIX}${t.containerId}`) {
-    const r = await ip(['link', 'del', t.hostIfname]);
-    if (r.exitCode !== 0 && linkExists(t.hostIfname)) {
-      throw new CniError(ErrorCode.Netlink, `failed to delete host veth ${t.hostIfname}: ${r.stderr.trim()}`);
-    }
-  } else {
-    log.info('leaving host veth that belongs to another container', { name: t.hostIfname, alias });
+  const own = opts.force ? t.hostIfnames.find((n) => linkExists(n)) : ownHostVeth(t.containerId, t.hostIfnames);
+  if (own) {
+    const r = await ip(['link', 'del', own]);
+    if (r.exitCode !== 0 && linkExists(own)) throw new CniError(ErrorCode.Netlink, `failed to delete host veth ${own}: ${r.stderr.trim()}`);
+    return;
+  }
+  for (const name of t.hostIfnames.filter((n) => linkExists(n))) {
+    log.info('leaving host veth that belongs to another container', { name, alias: linkAlias(name) });
   }
 }
 

@@ -12,10 +12,10 @@ import { DEFAULT_NODENAME_FILE, determineNodename, validateNodename } from '../.
 import { openStore } from '../../shared/etcd/connect';
 import { ipamAdd, ipamCheck, ipamDel, ipamGc, ipamStatus, type IpamCall } from '../../shared/ipam/cni-ipam';
 import { parseIp } from '../../shared/ipam/cidr';
-import { linkAlias, linkExists } from '../../shared/netlink/link';
+import { linkAlias } from '../../shared/netlink/link';
 import { ip as runIp } from '../../shared/netlink/exec';
 import type { Store, KeyValue, Op, Compare } from '../../shared/store/store';
-import { ALIAS_PREFIX, GATEWAY_V4, GATEWAY_V6, HOST_MAC, hostRoutesVia, inspectContainer, setUp, tearDown, validateBatchIfname, type WorkloadIp } from './dataplane';
+import { ALIAS_PREFIX, GATEWAY_V4, GATEWAY_V6, HOST_MAC, hostRoutesVia, inspectContainer, ownHostVeth, setUp, tearDown, validateBatchIfname, type WorkloadIp } from './dataplane';
 
 const MTU_FILE = '/var/lib/calico/mtu';
 const DEFAULT_MTU = 1500;
@@ -192,16 +192,17 @@ async function cmdAdd(s: Session): Promise<Result> {
   const ipamResult = await ipamAddFor(s);
   log.debug('ipam done', { t: log.elapsed() });
   let ips: WorkloadIp[] = [];
-  let created = false;
+  let created: string | undefined;
   try {
     ips = workloadIps(ipamResult);
     if (ips.length === 0) throw new CniError(ErrorCode.Internal, 'IPAM plugin returned no IP addresses in result');
-    const { containerMac } = await setUp(
+    const { containerMac, hostIfname } = await setUp(
       {
         containerId: ctx.env.containerId,
         netns: ctx.env.netns,
         ifname: ctx.env.ifname,
         hostIfname: id.hostIfname,
+        hostIfnameFallback: id.hostIfnameFallback,
         mtu,
         numQueues: ctx.conf.num_queues ?? 1,
         ips,
@@ -210,20 +211,20 @@ async function cmdAdd(s: Session): Promise<Result> {
       },
       log,
     );
-    created = true;
+    created = hostIfname;
     const wep = buildWorkloadEndpoint(
       id,
-      { profiles: ctx.conf.policy?.type ? [] : [ctx.conf.name], ipNetworks: ips.map(cidrOf), interfaceName: id.hostIfname, mac: containerMac },
+      { profiles: ctx.conf.policy?.type ? [] : [ctx.conf.name], ipNetworks: ips.map(cidrOf), interfaceName: hostIfname, mac: containerMac },
       pre.existing?.wep.metadata,
     );
     await writeEndpoint(s, pre, wep);
-    log.info('workload networked', { endpoint: id.name, ips: ips.map(cidrOf), hostIfname: id.hostIfname, t: log.elapsed() });
-    return buildResult(s, ips, id.hostIfname, containerMac, mtu);
+    log.info('workload networked', { endpoint: id.name, ips: ips.map(cidrOf), hostIfname, t: log.elapsed() });
+    return buildResult(s, ips, hostIfname, containerMac, mtu);
   } catch (e) {
     const err = toCniError(e);
     log.error('ADD failed; undoing', { error: err.message });
     if (created) {
-      await tearDown({ containerId: ctx.env.containerId, netns: ctx.env.netns, ifname: ctx.env.ifname, hostIfname: id.hostIfname }, log, { force: true }).catch(
+      await tearDown({ containerId: ctx.env.containerId, netns: ctx.env.netns, ifname: ctx.env.ifname, hostIfnames: [created] }, log, { force: true }).catch(
         (te: unknown) => log.error('rollback: failed to remove interfaces', { error: errorMessage(te) }),
       );
     }
@@ -232,21 +233,48 @@ async function cmdAdd(s: Session): Promise<Result> {
   }
 }
 
+/** The host veth names this workload may have: the usual one, and the fallback ADD takes on a collision. */
+function hostIfnames(id: WorkloadIdentity): string[] {
+  return [id.hostIfname, ...(id.hostIfnameFallback ? [id.hostIfnameFallback] : [])];
+}
+
+/** Deletes this workload's endpoint, unless a newer sandbox of the same pod owns it now. */
+async function deleteOwnEndpoint(s: Session, existing: Preamble['existing']): Promise<void> {
+  if (!existing) return;
+  const owner = existing.wep.spec.containerID;
+  if (owner && owner !== s.ctx.env.containerId) {
+    s.ctx.log.info('keeping endpoint of a newer container', { endpoint: s.id.name, owner });
+    return;
+  }
+  await s.store.txn([{ key: existing.kv.key, modRevision: existing.kv.modRevision }], [{ op: 'delete', key: existing.kv.key }]);
+}
+
+/** The first failure among settled outcomes, as a CNI error. */
+function firstFailure(outcomes: readonly PromiseSettledResult<unknown>[]): CniError | undefined {
+  const failed = outcomes.find((o): o is PromiseRejectedResult => o.status === 'rejected');
+  return failed ? toCniError(failed.reason) : undefined;
+}
+
+/**
+ * The interfaces, the addresses and the endpoint are independent of each other, so they go at once: etcd's
+ * round trips then hide behind the kernel's ~20 ms of veth teardown. The interfaces need no datastore and
+ * go first; the datastore's part waits for its readiness check, as upstream's DEL does. Each part is
+ * attempted whatever the others do; the first failure is reported, and a retry finds the rest gone.
+ */
 async function cmdDel(s: Session): Promise<void> {
   const { ctx, id } = s;
-  const { existing } = await readPreamble(s);
-  let ipamError: CniError | undefined;
-  await ipamVerb(s, 'DEL').catch((e: unknown) => {
-    ipamError = toCniError(e, 'failed to release addresses');
+  const interfaces = tearDown({ containerId: ctx.env.containerId, netns: ctx.env.netns, ifname: ctx.env.ifname, hostIfnames: hostIfnames(id) }, ctx.log);
+  const datastore = readPreamble(s).then(async ({ existing }) => {
+    const failure = firstFailure(
+      await Promise.allSettled([
+        ipamVerb(s, 'DEL').catch((e: unknown) => Promise.reject(toCniError(e, 'failed to release addresses'))),
+        deleteOwnEndpoint(s, existing),
+      ]),
+    );
+    if (failure) throw failure;
   });
-  // A newer sandbox of the same pod may own the endpoint now; only our own endpoint is deleted.
-  if (existing && (!existing.wep.spec.containerID || existing.wep.spec.containerID === ctx.env.containerId)) {
-    await s.store.txn([{ key: existing.kv.key, modRevision: existing.kv.modRevision }], [{ op: 'delete', key: existing.kv.key }]);
-  } else if (existing) {
-    ctx.log.info('keeping endpoint of a newer container', { endpoint: id.name, owner: existing.wep.spec.containerID });
-  }
-  await tearDown({ containerId: ctx.env.containerId, netns: ctx.env.netns, ifname: ctx.env.ifname, hostIfname: id.hostIfname }, ctx.log);
-  if (ipamError) throw ipamError;
+  const failure = firstFailure(await Promise.allSettled([datastore, interfaces]));
+  if (failure) throw failure;
 }
 
 async function cmdCheck(s: Session): Promise<void> {
@@ -270,11 +298,12 @@ async function cmdCheck(s: Session): Promise<void> {
     expectRoute('default', GATEWAY_V4);
   }
   if (v6) expectRoute('default', GATEWAY_V6);
-  if (!linkExists(id.hostIfname)) throw new CniError(ErrorCode.InvalidConfig, `CHECK: host interface ${id.hostIfname} not found`);
-  const hostRoutes = await hostRoutesVia(id.hostIfname);
+  const hostIfname = ownHostVeth(ctx.env.containerId, hostIfnames(id));
+  if (!hostIfname) throw new CniError(ErrorCode.InvalidConfig, `CHECK: host interface ${hostIfnames(id).join(' or ')} of container ${ctx.env.containerId} not found`);
+  const hostRoutes = await hostRoutesVia(hostIfname);
   for (const a of want) {
     if (!hostRoutes.some((r) => r.dst === a.ip || r.dst === cidrOf(a))) {
-      throw new CniError(ErrorCode.InvalidConfig, `CHECK: host route ${cidrOf(a)} dev ${id.hostIfname} missing`);
+      throw new CniError(ErrorCode.InvalidConfig, `CHECK: host route ${cidrOf(a)} dev ${hostIfname} missing`);
     }
   }
   const pre = await readPreamble(s);

@@ -16,6 +16,11 @@ export interface WorkloadIdentity {
   name: string;
   /** The host end of the veth pair. */
   hostIfname: string;
+  /**
+   * The name ADD takes when hostIfname belongs to another container: cni-orchestrated ids that share their
+   * first 11 characters (cnitool's "cnitool-<hex>" keep only 3 distinct ones) would otherwise collide.
+   */
+  hostIfnameFallback: string | undefined;
 }
 
 /** Each segment's "-" is doubled, segments are joined by "-" (libcalico-go names/workloadendpoint.go). */
@@ -31,11 +36,21 @@ export function workloadEndpointName(id: Pick<WorkloadIdentity, 'orchestrator' |
   return [escapeSegment(id.node, 'node'), id.orchestrator, escapeSegment(workload, 'workload'), escapeSegment(id.endpoint, 'endpoint')].join('-');
 }
 
+/** Felix's first interface prefix, as upstream names host veths. */
+function vethPrefix(env: NodeJS.ProcessEnv): string {
+  return (env.FELIX_INTERFACEPREFIX ?? '').split(',')[0]?.trim() || 'cali';
+}
+
 /** cali + 11 characters: the container id's, or for Kubernetes the SHA-1 of "<namespace>.<pod>" (upstream). */
 export function hostVethName(orchestrator: 'k8s' | 'cni', containerId: string, namespace: string, pod: string | undefined, env = process.env): string {
-  const prefix = (env.FELIX_INTERFACEPREFIX ?? '').split(',')[0]?.trim() || 'cali';
+  const prefix = vethPrefix(env);
   if (orchestrator === 'k8s') return prefix + createHash('sha1').update(`${namespace}.${pod ?? ''}`).digest('hex').slice(0, 11);
   return prefix + containerId.slice(0, 11);
+}
+
+/** cali + 11 hex characters of the SHA-1 of the container id: unique where the id's first 11 are not. */
+export function fallbackVethName(containerId: string, env = process.env): string {
+  return vethPrefix(env) + createHash('sha1').update(containerId).digest('hex').slice(0, 11);
 }
 
 export function identify(env: CniEnv, node: string): WorkloadIdentity {
@@ -49,6 +64,8 @@ export function identify(env: CniEnv, node: string): WorkloadIdentity {
     namespace,
     name: workloadEndpointName(base),
     hostIfname: hostVethName(orchestrator, env.containerId, namespace, pod),
+    // Kubernetes names the veth after the pod: another owner is an earlier sandbox of it and is replaced.
+    hostIfnameFallback: k8s ? undefined : fallbackVethName(env.containerId),
   };
 }
 

@@ -167,7 +167,15 @@ export class Allocator {
 
   /** DEL: frees every address the handle holds and removes the handle. A missing handle frees nothing. */
   async releaseHandle(handleId: string): Promise<Allocation[]> {
-    return this.retrying(`release handle ${handleId}`, () => this.releaseHandleOnce(handleId));
+    return this.releaseHandles([handleId]);
+  }
+
+  /**
+   * Frees the addresses of several handles (calico's DEL releases both of upstream's handle forms) in one
+   * read of the handles, one of their blocks and one transaction. Missing handles free nothing.
+   */
+  async releaseHandles(handleIds: readonly string[]): Promise<Allocation[]> {
+    return this.retrying(`release handle ${handleIds.join(', ')}`, () => this.releaseHandlesOnce([...new Set(handleIds)]));
   }
 
   /** The addresses a handle holds now (for CHECK and for reporting). */
@@ -510,28 +518,34 @@ export class Allocator {
 
   // ---- release -----------------------------------------------------------------------------------------
 
-  private async releaseHandleOnce(handleId: string): Promise<Allocation[]> {
-    const [h] = await this.store.read([{ key: keys.handle(handleId) }]);
-    const handleKv = h?.[0];
-    if (!handleKv) return [];
-    const cidrs = Object.keys(parseJsonAt(handleKv.key, handleKv.value, decodeHandle).block ?? {});
-    const blocks = await this.readBlocks(cidrs);
+  private async releaseHandlesOnce(handleIds: readonly string[]): Promise<Allocation[]> {
+    const res = await this.store.read(handleIds.map((h) => ({ key: keys.handle(h) })));
+    const handles = handleIds.flatMap((id, i) => {
+      const kv = res[i]?.[0];
+      return kv ? [{ id, kv, cidrs: Object.keys(parseJsonAt(kv.key, kv.value, decodeHandle).block ?? {}) }] : [];
+    });
+    if (handles.length === 0) return [];
+    const blocks = await this.readBlocks([...new Set(handles.flatMap((h) => h.cidrs))]);
     const now = this.now();
-    const compares: Compare[] = [{ key: handleKv.key, modRevision: handleKv.modRevision }];
-    const ops: Op[] = [{ op: 'delete', key: handleKv.key }];
+    const compares: Compare[] = handles.map((h) => ({ key: h.kv.key, modRevision: h.kv.modRevision }));
+    const ops: Op[] = handles.map((h) => ({ op: 'delete', key: h.kv.key }));
     const released: Allocation[] = [];
     for (const { kv, block } of blocks) {
       if (!kv || !block) continue;
-      const ords = ordinalsOf(block, handleId);
-      if (ords.length === 0) continue;
-      const updated = releaseOrdinals(block, ords, now);
-      released.push(...this.allocationsIn(block, ords));
+      let updated = block;
+      for (const h of handles) {
+        const ords = ordinalsOf(updated, h.id);
+        if (ords.length === 0) continue;
+        released.push(...this.allocationsIn(updated, ords));
+        updated = releaseOrdinals(updated, ords, now);
+      }
+      if (updated === block) continue;
       compares.push({ key: kv.key, modRevision: kv.modRevision });
       // An empty block nobody is affine to (a borrowed-from block whose host let go) goes away.
       ops.push(isEmpty(updated) && !updated.affinity ? { op: 'delete', key: kv.key } : { op: 'put', key: kv.key, value: encodeBlock(updated) });
     }
-    const res = await this.store.txn(compares, ops);
-    if (!res.succeeded) throw new Conflict(`handle ${handleId} or its blocks changed`);
+    const txn = await this.store.txn(compares, ops);
+    if (!txn.succeeded) throw new Conflict(`handle ${handleIds.join(', ')} or its blocks changed`);
     return released;
   }
 

@@ -105,10 +105,7 @@ export async function ipamAdd(call: IpamCall): Promise<Result> {
 
 /** Releases both handle forms; nothing held is success, so DEL can be repeated. */
 export async function ipamDel(call: IpamCall): Promise<Allocation[]> {
-  const alloc = allocatorFor(call);
-  const released = await alloc.releaseHandle(handleIdFor(call.conf, call.env.containerId));
-  const legacy = legacyHandleId(call.env);
-  if (legacy !== handleIdFor(call.conf, call.env.containerId)) released.push(...(await alloc.releaseHandle(legacy)));
+  const released = await allocatorFor(call).releaseHandles([handleIdFor(call.conf, call.env.containerId), legacyHandleId(call.env)]);
   call.log.info('released', { handle: handleIdFor(call.conf, call.env.containerId), ips: released.map((a) => a.ip) });
   return released;
 }

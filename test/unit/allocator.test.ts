@@ -114,6 +114,26 @@ describe('Allocator: automatic assignment', () => {
     expect(allocatedCount(store)).toBe(1);
   });
 
+  it('releaseHandles frees several handles (one absent, two sharing a block) in 3 round trips and one transaction', async () => {
+    const store = await storeWith([{ cidr: '10.0.0.0/24' }]);
+    const al = allocator(store);
+    const a = await al.assign(req('net1.c1'));
+    const b = await al.assign(req('c1-legacy'));
+    const keep = await al.assign(req('net1.other'));
+    expect(a.allocations[0]?.blockCidr).toBe(b.allocations[0]?.blockCidr);
+    const trips = store.roundTrips;
+    const released = await al.releaseHandles(['net1.c1', 'absent', 'c1-legacy']);
+    expect(store.roundTrips - trips).toBe(3);
+    expect(released.map((x) => x.ip).sort()).toEqual([a.allocations[0]?.ip, b.allocations[0]?.ip].sort());
+    expect(store.snapshot().has(keys.handle('net1.c1'))).toBe(false);
+    expect(store.snapshot().has(keys.handle('c1-legacy'))).toBe(false);
+    expect(store.snapshot().has(keys.handle('net1.other'))).toBe(true);
+    expect(allocatedCount(store)).toBe(1);
+    expect(blockAt(store, keep.allocations[0]?.blockCidr ?? '').attributes?.map((x) => x.handle_id)).toEqual(['net1.other']);
+    expect(await al.releaseHandles(['net1.c1', 'c1-legacy'])).toEqual([]);
+    expectConsistent(store);
+  });
+
   it('releaseHandle frees the addresses and deletes the handle; a second release is a no-op', async () => {
     const store = await storeWith([{ cidr: '10.0.0.0/24' }, { cidr: 'fd00:1::/120' }]);
     const al = allocator(store);
