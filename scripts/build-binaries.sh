@@ -7,7 +7,9 @@
 #
 # Usage: scripts/build-binaries.sh [--sea]
 #   --sea   also build dist/sea/calico and dist/sea/calico-ipam: Node single executable applications with
-#           a V8 code cache, so a host needs no Node installed (each is a ~100 MB copy of node).
+#           a V8 code cache, so a host needs no Node installed (each is a ~100 MB copy of node). The main
+#           script is the same launcher, and the same parts are its asset "parts" (a SEA's require() loads
+#           only built-in modules, so the chunks cannot be files beside it).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 SEA=0
@@ -40,11 +42,9 @@ for p in calico calico-ipam; do
   ncc "plugins/$p/main.ts" "$NCC/$p"
   out="dist/$p.tmp.$$"
   id="$p-$(date +%s%N)-$$"
-  {
-    echo "$SHEBANG"
-    sed "s/__CALICO_TS_BUILD_ID__/$id/" "$NCC/launcher/index.js"
-    node scripts/pack-payload.mjs "$NCC/$p" "$id"
-  } >"$out"
+  sed "s/__CALICO_TS_BUILD_ID__/$id/" "$NCC/launcher/index.js" >"$NCC/$p/launcher.js"
+  node scripts/pack-payload.mjs "$NCC/$p" "$id" >"$NCC/$p/parts.txt"
+  { echo "$SHEBANG"; cat "$NCC/$p/launcher.js" "$NCC/$p/parts.txt"; } >"$out"
   chmod 755 "$out"
   mv -f "$out" "dist/$p" # atomic: a runtime never execs a half-written file
   echo "built dist/$p ($(($(stat -c %s "dist/$p") / 1024)) KiB)"
@@ -53,7 +53,7 @@ done
 if [ "$SEA" = 1 ]; then
   mkdir -p dist/sea
   for p in calico calico-ipam; do
-    echo "{\"main\":\"$NCC/$p/index.js\",\"output\":\"$NCC/$p/sea.blob\",\"disableExperimentalSEAWarning\":true,\"useCodeCache\":true}" >"$NCC/$p/sea.json"
+    echo "{\"main\":\"$NCC/$p/launcher.js\",\"output\":\"$NCC/$p/sea.blob\",\"disableExperimentalSEAWarning\":true,\"useCodeCache\":true,\"assets\":{\"parts\":\"$NCC/$p/parts.txt\"}}" >"$NCC/$p/sea.json"
     node --experimental-sea-config "$NCC/$p/sea.json" >/dev/null 2>&1
     cp "$(command -v node)" "dist/sea/$p.tmp.$$"
     npx --no-install postject "dist/sea/$p.tmp.$$" NODE_SEA_BLOB "$NCC/$p/sea.blob" \

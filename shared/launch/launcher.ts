@@ -8,6 +8,8 @@
  * VERSION (podman asks before every ADD and DEL) is answered here, before any part is compiled. Every other
  * call compiles `main` with a V8 code cache kept in /var/cache/calico-ts (or CALICO_TS_CACHE_DIR;
  * CALICO_TS_CODE_CACHE=0 turns it off), which spares most of the compile time on every later start.
+ * In a single executable application (scripts/build-binaries.sh --sea) this launcher is the main script and
+ * the same parts are its asset "parts": there require() loads only built-in modules, not the chunk files.
  */
 import fs from 'node:fs';
 import path from 'node:path';
@@ -18,6 +20,7 @@ import { CURRENT_VERSION, SUPPORTED_VERSIONS } from '../cni/version';
 const lazy = {
   childProcess: () => require('node:child_process') as typeof import('node:child_process'),
   module: () => require('node:module') as typeof import('node:module'),
+  sea: () => require('node:sea') as typeof import('node:sea'),
   vm: () => require('node:vm') as typeof import('node:vm'),
   zlib: () => require('node:zlib') as typeof import('node:zlib'),
 };
@@ -25,6 +28,12 @@ const lazy = {
 export const PART_MARK = '/*CALICO-TS-PART:';
 /** Replaced per binary by the build; every part carries the same id. */
 const BUILD_ID = '__CALICO_TS_BUILD_ID__';
+
+/**
+ * Only the main script of a single executable application has the executable itself as its file name, so
+ * a plain binary (run by node as a script) never loads node:sea to find out.
+ */
+const inSea = (): boolean => __filename === process.execPath && lazy.sea().isSea();
 
 type ModuleFn = (e: object, r: NodeJS.Require, m: { exports: unknown }, f: string, d: string) => void;
 
@@ -44,6 +53,8 @@ function answerVersion(): void {
  * upgrade mid-call): run the new file instead, once, with the same arguments, environment and stdin.
  */
 function reexec(self: string): never {
+  // A single executable application reads its parts from its own mapped image: they cannot change.
+  if (inSea()) throw new Error(`${self}: parts of another build (rebuild with scripts/build-binaries.sh --sea)`);
   if (process.env.CALICO_TS_REEXEC === '1') throw new Error(`${self} keeps changing while it starts; retry`);
   const r = lazy.childProcess().spawnSync(process.execPath, [self, ...process.argv.slice(2)], { stdio: 'inherit', env: { ...process.env, CALICO_TS_REEXEC: '1' } });
   process.exit(r.status ?? 1);
@@ -58,10 +69,10 @@ interface Part {
 /**
  * The parts of this binary by name. Each starts a line: \n/*CALICO-TS-PART:<build id>:<name>:<encoding>:<text>*\/
  * The file is ASCII (scripts/pack-payload.mjs), so bytes are characters and only the parts a call uses are
- * turned into strings.
+ * turned into strings. A single executable application holds the same text as its asset "parts".
  */
 function readParts(self: string): Map<string, Part> {
-  const file = fs.readFileSync(self);
+  const file = inSea() ? seaParts() : fs.readFileSync(self);
   const parts = new Map<string, Part>();
   const needle = `\n${PART_MARK}`;
   const field = (from: number) => file.indexOf(':', from);
@@ -77,6 +88,12 @@ function readParts(self: string): Map<string, Part> {
     at = end;
   }
   return parts;
+}
+
+/** getRawAsset, not getAsset: no copy of the ~0.5 MB, which is only ever read. */
+function seaParts(): Buffer {
+  const raw = lazy.sea().getRawAsset('parts');
+  return typeof raw === 'string' ? Buffer.from(raw, 'latin1') : Buffer.from(raw);
 }
 
 function decode(part: Part): string {
@@ -160,7 +177,8 @@ function fail(e: unknown): never {
 }
 
 try {
-  const self = fs.realpathSync(process.argv[1] ?? __filename);
+  // A single executable application's argv[1] is its argv[0], which need not be a path (a PATH lookup).
+  const self = __filename === process.execPath ? process.execPath : fs.realpathSync(process.argv[1] ?? __filename);
   if (process.env.CNI_COMMAND === 'VERSION') answerVersion();
   else run(self);
 } catch (e) {
