@@ -8,14 +8,14 @@ interface Series {
 
 interface Results {
   date: string;
-  cnitool: Record<'ours' | 'oursHttp' | 'go', { add: { samples: number[] }; del: { samples: number[] } }>;
+  cnitool: Record<'ours' | 'oursGrpc' | 'go', { add: { samples: number[] }; del: { samples: number[] } }>;
   version: Record<string, { samples: number[] }>;
-  burst: Record<'ours' | 'oursHttp' | 'go', Record<string, unknown>>;
+  burst: Record<'ours' | 'oursGrpc' | 'go', Record<string, unknown>>;
 }
 
 const OURS = '#e4572e';
 const GO = '#2e86ab';
-const HTTP = '#f2a541';
+const GRPC = '#f2a541';
 
 function quantile(s: number[], p: number): number {
   const x = [...s].sort((a, b) => a - b);
@@ -29,8 +29,8 @@ function esc(t: string): string {
 export function renderChart(r: Results): string {
   const burstSamples = (b: Record<string, unknown>, k: 'add' | 'del') => ((b[k] as { samples?: number[] } | undefined)?.samples ?? []);
   const groups: { title: string; series: Series[] }[] = [
-    { title: 'cnitool ADD', series: [{ label: 'calico-ts (grpc)', samples: r.cnitool.ours.add.samples, color: OURS }, { label: 'calico-ts (http)', samples: r.cnitool.oursHttp.add.samples, color: HTTP }, { label: 'ptp+host-local', samples: r.cnitool.go.add.samples, color: GO }] },
-    { title: 'cnitool DEL', series: [{ label: 'calico-ts (grpc)', samples: r.cnitool.ours.del.samples, color: OURS }, { label: 'calico-ts (http)', samples: r.cnitool.oursHttp.del.samples, color: HTTP }, { label: 'ptp+host-local', samples: r.cnitool.go.del.samples, color: GO }] },
+    { title: 'cnitool ADD', series: [{ label: 'calico-ts (default, http)', samples: r.cnitool.ours.add.samples, color: OURS }, { label: 'calico-ts (grpc)', samples: r.cnitool.oursGrpc.add.samples, color: GRPC }, { label: 'ptp+host-local', samples: r.cnitool.go.add.samples, color: GO }] },
+    { title: 'cnitool DEL', series: [{ label: 'calico-ts (default, http)', samples: r.cnitool.ours.del.samples, color: OURS }, { label: 'calico-ts (grpc)', samples: r.cnitool.oursGrpc.del.samples, color: GRPC }, { label: 'ptp+host-local', samples: r.cnitool.go.del.samples, color: GO }] },
     {
       title: 'VERSION (direct exec)',
       series: [
@@ -39,8 +39,8 @@ export function renderChart(r: Results): string {
         { label: 'node -e 0', samples: r.version.nodeNoop?.samples ?? [], color: '#888' },
       ],
     },
-    { title: 'burst ADD (per op)', series: [{ label: 'calico-ts (grpc)', samples: burstSamples(r.burst.ours, 'add'), color: OURS }, { label: 'calico-ts (http)', samples: burstSamples(r.burst.oursHttp, 'add'), color: HTTP }, { label: 'ptp+host-local', samples: burstSamples(r.burst.go, 'add'), color: GO }] },
-    { title: 'burst DEL (per op)', series: [{ label: 'calico-ts (grpc)', samples: burstSamples(r.burst.ours, 'del'), color: OURS }, { label: 'calico-ts (http)', samples: burstSamples(r.burst.oursHttp, 'del'), color: HTTP }, { label: 'ptp+host-local', samples: burstSamples(r.burst.go, 'del'), color: GO }] },
+    { title: 'burst ADD (per op)', series: [{ label: 'calico-ts (default, http)', samples: burstSamples(r.burst.ours, 'add'), color: OURS }, { label: 'calico-ts (grpc)', samples: burstSamples(r.burst.oursGrpc, 'add'), color: GRPC }, { label: 'ptp+host-local', samples: burstSamples(r.burst.go, 'add'), color: GO }] },
+    { title: 'burst DEL (per op)', series: [{ label: 'calico-ts (default, http)', samples: burstSamples(r.burst.ours, 'del'), color: OURS }, { label: 'calico-ts (grpc)', samples: burstSamples(r.burst.oursGrpc, 'del'), color: GRPC }, { label: 'ptp+host-local', samples: burstSamples(r.burst.go, 'del'), color: GO }] },
   ];
   const W = 900;
   const left = 170;

@@ -233,7 +233,7 @@ async function main(): Promise<void> {
     const pool = await timed(path.join(DIST, 'calico-ipam'), ['pool', 'add', '10.210.0.0/16', '--etcd-endpoints', etcd.endpoint], { PATH: CLEAN_PATH });
     if (pool.code !== 0) throw new Error(pool.stderr);
     const ours: Contender = {
-      label: 'calico-ts (calico + calico-ipam in-process)',
+      label: 'calico-ts (calico + calico-ipam in-process; default etcd_transport "http")',
       network: 'benchnet',
       confDir: path.dirname(writeConf(path.join(tmp, 'ours'), {
         cniVersion: '1.0.0', name: 'benchnet',
@@ -241,12 +241,12 @@ async function main(): Promise<void> {
       })),
       cniPath: `${DIST}:${GO}`,
     };
-    const oursHttp: Contender = {
-      label: 'calico-ts, etcd_transport "http"',
-      network: 'benchhttp',
-      confDir: path.dirname(writeConf(path.join(tmp, 'ourshttp'), {
-        cniVersion: '1.0.0', name: 'benchhttp',
-        plugins: [{ type: 'calico', etcd_endpoints: etcd.endpoint, etcd_transport: 'http', nodename: 'bench-node-http', log_level: 'warn', ipam: { type: 'calico-ipam' } }],
+    const oursGrpc: Contender = {
+      label: 'calico-ts, etcd_transport "grpc" (the etcd3 client)',
+      network: 'benchgrpc',
+      confDir: path.dirname(writeConf(path.join(tmp, 'oursgrpc'), {
+        cniVersion: '1.0.0', name: 'benchgrpc',
+        plugins: [{ type: 'calico', etcd_endpoints: etcd.endpoint, etcd_transport: 'grpc', nodename: 'bench-node-grpc', log_level: 'warn', ipam: { type: 'calico-ipam' } }],
       })),
       cniPath: `${DIST}:${GO}`,
     };
@@ -254,11 +254,11 @@ async function main(): Promise<void> {
     const seaDir = path.join(DIST, 'sea');
     const sea: Contender | undefined = fs.existsSync(path.join(seaDir, 'calico'))
       ? {
-          label: 'calico-ts SEA build, etcd_transport "http"',
+          label: 'calico-ts SEA build (default etcd_transport "http")',
           network: 'benchsea',
           confDir: path.dirname(writeConf(path.join(tmp, 'sea'), {
             cniVersion: '1.0.0', name: 'benchsea',
-            plugins: [{ type: 'calico', etcd_endpoints: etcd.endpoint, etcd_transport: 'http', nodename: 'bench-node-sea', log_level: 'warn', ipam: { type: 'calico-ipam' } }],
+            plugins: [{ type: 'calico', etcd_endpoints: etcd.endpoint, nodename: 'bench-node-sea', log_level: 'warn', ipam: { type: 'calico-ipam' } }],
           })),
           cniPath: `${seaDir}:${GO}`,
         }
@@ -274,22 +274,22 @@ async function main(): Promise<void> {
     };
     // Warm up (first runs also write the V8 code cache).
     await addDelSeriesN(ours, 'ctsbench-warm', 3);
-    await addDelSeriesN(oursHttp, 'ctsbench-warmhttp', 3);
+    await addDelSeriesN(oursGrpc, 'ctsbench-warmgrpc', 3);
     await addDelSeriesN(go, 'ctsbench-warmgo', 3);
     console.error('bench: VERSION');
     const version = await versionSeries();
     console.error('bench: ADD/DEL through cnitool, interleaved');
     const oursSeries = { add: [] as number[], del: [] as number[] };
     const goSeries = { add: [] as number[], del: [] as number[] };
-    const httpSeries = { add: [] as number[], del: [] as number[] };
+    const grpcSeries = { add: [] as number[], del: [] as number[] };
     const seaSeries = { add: [] as number[], del: [] as number[] };
     if (sea) await addDelSeriesN(sea, 'ctsbench-warmsea', 3);
     for (let round = 0; round < N; round += 5) {
       const o = await addDelSeriesN(ours, `ctsbench-o${round}`, Math.min(5, N - round));
       const g = await addDelSeriesN(go, `ctsbench-g${round}`, Math.min(5, N - round));
-      const h = await addDelSeriesN(oursHttp, `ctsbench-h${round}`, Math.min(5, N - round));
-      httpSeries.add.push(...h.add);
-      httpSeries.del.push(...h.del);
+      const h = await addDelSeriesN(oursGrpc, `ctsbench-r${round}`, Math.min(5, N - round));
+      grpcSeries.add.push(...h.add);
+      grpcSeries.del.push(...h.del);
       if (sea) {
         const x = await addDelSeriesN(sea, `ctsbench-s${round}`, Math.min(5, N - round));
         seaSeries.add.push(...x.add);
@@ -303,10 +303,10 @@ async function main(): Promise<void> {
     console.error(`bench: burst of ${BURST}`);
     const burstOurs = await burst(ours, 'ctsbench-bo');
     const burstGo = await burst(go, 'ctsbench-bg');
-    const burstHttp = await burst(oursHttp, 'ctsbench-bh');
+    const burstGrpc = await burst(oursGrpc, 'ctsbench-br');
     console.error('bench: peak RSS');
-    const mem = await rss(etcd.endpoint, 'grpc');
-    const memHttp = await rss(etcd.endpoint, 'http');
+    const mem = await rss(etcd.endpoint, 'http');
+    const memGrpc = await rss(etcd.endpoint, 'grpc');
     console.error(`bench: IPAM scale ${SCALE_HOSTS} hosts x ${SCALE_ADDRS}`);
     const scale = await ipamScale();
 
@@ -314,8 +314,8 @@ async function main(): Promise<void> {
     const oDel = stats(oursSeries.del);
     const gAdd = stats(goSeries.add);
     const gDel = stats(goSeries.del);
-    const hAdd = stats(httpSeries.add);
-    const hDel = stats(httpSeries.del);
+    const rAdd = stats(grpcSeries.add);
+    const rDel = stats(grpcSeries.del);
     const targetsFor = (label: string, add: Stats, del: Stats, b: Record<string, unknown>, m: Record<string, number>) =>
       [
         { what: 'cnitool ADD p50 <= 3x ptp+host-local', value: ratio(add.p50, gAdd.p50), limit: 3 },
@@ -327,7 +327,7 @@ async function main(): Promise<void> {
         { what: 'one plugin process peak RSS <= 60 MB', value: Math.round(Math.max(m.calicoAddKb ?? 0, m.calicoDelKb ?? 0) / 1024), limit: 60 },
         { what: 'IPAM scale: 0 duplicate addresses', value: Number(scale.duplicates), limit: 0 },
       ].map((t) => ({ config: label, ...t, met: 'atLeast' in t && t.atLeast ? t.value >= t.limit : t.value <= t.limit }));
-    const targets = [...targetsFor('etcd_transport grpc (default)', oAdd, oDel, burstOurs, mem), ...targetsFor('etcd_transport http', hAdd, hDel, burstHttp, memHttp)];
+    const targets = [...targetsFor('etcd_transport http (default)', oAdd, oDel, burstOurs, mem), ...targetsFor('etcd_transport grpc', rAdd, rDel, burstGrpc, memGrpc)];
 
     const results = {
       date: new Date().toISOString(),
@@ -335,9 +335,9 @@ async function main(): Promise<void> {
       n: N,
       version,
       seaBuild: sea ? { label: sea.label, add: stats(seaSeries.add), del: stats(seaSeries.del), version: version.seaCalico } : 'not built (scripts/build-binaries.sh --sea)',
-      cnitool: { ours: { label: ours.label, add: oAdd, del: oDel }, oursHttp: { label: oursHttp.label, add: hAdd, del: hDel }, go: { label: go.label, add: gAdd, del: gDel } },
-      burst: { ours: burstOurs, oursHttp: burstHttp, go: burstGo },
-      peakRssKb: { grpc: mem, http: memHttp },
+      cnitool: { ours: { label: ours.label, add: oAdd, del: oDel }, oursGrpc: { label: oursGrpc.label, add: rAdd, del: rDel }, go: { label: go.label, add: gAdd, del: gDel } },
+      burst: { ours: burstOurs, oursGrpc: burstGrpc, go: burstGo },
+      peakRssKb: { http: mem, grpc: memGrpc },
       ipamScale: scale,
       targets,
     };
@@ -346,18 +346,18 @@ async function main(): Promise<void> {
     fs.writeFileSync(path.join(outDir, 'latest.json'), JSON.stringify(results, null, 2) + '\n');
     fs.writeFileSync(path.join(outDir, 'latest.svg'), renderChart(results));
     const row = (what: string, a: string, b: string, c: string) => console.log(`${what.padEnd(26)}${a.padEnd(22)}${b.padEnd(22)}${c}`);
-    row('\nmeasurement (p50/p90)', 'calico-ts grpc', 'calico-ts http', 'Go ptp+host-local');
-    row('cnitool ADD (ms)', `${oAdd.p50} / ${oAdd.p90}`, `${hAdd.p50} / ${hAdd.p90}`, `${gAdd.p50} / ${gAdd.p90}`);
-    row('cnitool DEL (ms)', `${oDel.p50} / ${oDel.p90}`, `${hDel.p50} / ${hDel.p90}`, `${gDel.p50} / ${gDel.p90}`);
+    row('\nmeasurement (p50/p90)', 'calico-ts (http)', 'calico-ts grpc', 'Go ptp+host-local');
+    row('cnitool ADD (ms)', `${oAdd.p50} / ${oAdd.p90}`, `${rAdd.p50} / ${rAdd.p90}`, `${gAdd.p50} / ${gAdd.p90}`);
+    row('cnitool DEL (ms)', `${oDel.p50} / ${oDel.p90}`, `${rDel.p50} / ${rDel.p90}`, `${gDel.p50} / ${gDel.p90}`);
     row('VERSION (ms)', `${version.calico?.p50} / ${version.calico?.p90}`, '(same binary)', `${version.ptp?.p50} / ${version.ptp?.p90}  node -e 0: ${version.nodeNoop?.p50}`);
-    row(`burst ${BURST} ADD total (ms)`, String(burstOurs.addTotalMs), String(burstHttp.addTotalMs), String(burstGo.addTotalMs));
-    row(`burst ${BURST} DEL total (ms)`, String(burstOurs.delTotalMs), String(burstHttp.delTotalMs), String(burstGo.delTotalMs));
+    row(`burst ${BURST} ADD total (ms)`, String(burstOurs.addTotalMs), String(burstGrpc.addTotalMs), String(burstGo.addTotalMs));
+    row(`burst ${BURST} DEL total (ms)`, String(burstOurs.delTotalMs), String(burstGrpc.delTotalMs), String(burstGo.delTotalMs));
     if (sea) {
       const sa = stats(seaSeries.add);
       const sd = stats(seaSeries.del);
-      row('SEA build (http) ADD/DEL', `${sa.p50} / ${sd.p50}`, `VERSION ${version.seaCalico?.p50}`, '');
+      row('SEA build ADD/DEL', `${sa.p50} / ${sd.p50}`, `VERSION ${version.seaCalico?.p50}`, '');
     }
-    row('peak RSS ADD (MB)', String(Math.round((mem.calicoAddKb ?? 0) / 1024)), String(Math.round((memHttp.calicoAddKb ?? 0) / 1024)), String(Math.round((mem.ptpAddKb ?? 0) / 1024)));
+    row('peak RSS ADD (MB)', String(Math.round((mem.calicoAddKb ?? 0) / 1024)), String(Math.round((memGrpc.calicoAddKb ?? 0) / 1024)), String(Math.round((mem.ptpAddKb ?? 0) / 1024)));
     console.log(`IPAM scale (3-member etcd): ${JSON.stringify(scale)}`);
     console.log('\ntargets:');
     for (const t of targets) console.log(`  ${t.met ? 'met    ' : 'MISSED '} [${t.config}] ${t.what}: ${t.value}`);
