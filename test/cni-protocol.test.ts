@@ -4,6 +4,8 @@
  */
 import { spawn } from 'node:child_process';
 import fs from 'node:fs';
+import http from 'node:http';
+import type { AddressInfo } from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
@@ -243,6 +245,22 @@ describe('calico-ipam: datastore', () => {
     const elapsed = Date.now() - started;
     expectCniError(r, 11, ['etcd', dead]);
     expect(elapsed).toBeLessThan(15_000);
+  });
+
+  it('an etcd without the v3 JSON gateway (HTTP 404) is code 11 naming etcd_transport "grpc"', async () => {
+    // What etcd --enable-grpc-gateway=false answers on /v3/kv/txn: Go's "404 page not found".
+    const server = http.createServer((_req, res) => {
+      res.writeHead(404, { 'content-type': 'text/plain; charset=utf-8' });
+      res.end('404 page not found\n');
+    });
+    await new Promise<void>((resolve) => server.listen(0, '127.0.0.1', resolve));
+    try {
+      const { port } = server.address() as AddressInfo;
+      const r = await runPlugin('calico-ipam', { env: addEnv(), stdin: ipamConf({ endpoint: `http://127.0.0.1:${port}` }) });
+      expectCniError(r, 11, ['JSON gateway', 'etcd_transport "grpc"']);
+    } finally {
+      server.close();
+    }
   });
 
   it('datastore_type "kubernetes" is code 2, as is no datastore at all (it defaults to kubernetes)', async () => {

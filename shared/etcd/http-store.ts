@@ -69,6 +69,9 @@ export class HttpEtcdStore implements Store {
         res.on('data', (c: Buffer) => chunks.push(c));
         res.on('end', () => {
           const text = Buffer.concat(chunks).toString('utf8');
+          if (res.statusCode === 404) {
+            return reject(new EndpointDown(`${ep}: no etcd v3 JSON gateway (HTTP 404 for ${path}); for an etcd started with --enable-grpc-gateway=false set etcd_transport "grpc"`));
+          }
           let parsed: GatewayResponse;
           try {
             parsed = JSON.parse(text) as GatewayResponse;
