@@ -343,8 +343,15 @@ export class Allocator {
       );
     }
     if (mayClaim) {
-      const existing = await this.store.read([{ prefix: keys.blockPrefix(f.family), keysOnly: true }]);
-      const taken = new Set((existing[0] ?? []).flatMap((kv) => parseBlockKey(kv.key)?.cidr ?? []));
+      // The blocks and this host's affinities are read at one revision: a snapshot older than a claim
+      // another process of this host has made since would otherwise see that block as taken by someone
+      // and claim a second one for this host (with two ADDs per node, enough to exhaust a small pool).
+      const [existing, current] = await this.store.read([
+        { prefix: keys.blockPrefix(f.family), keysOnly: true },
+        { prefix: keys.hostAffinityPrefix(this.node, f.family) },
+      ]);
+      if (affinitiesChanged(owned, current ?? [])) throw new Conflict(`the block affinities of node ${this.node} changed`);
+      const taken = new Set((existing ?? []).flatMap((kv) => parseBlockKey(kv.key)?.cidr ?? []));
       const pending = owned.filter((a) => !a.confirmed && !taken.has(a.cidr) && inPools(a.cidr));
       // Another process of this host is claiming a block right now: wait for that block instead of
       // claiming a second one (or stealing its claim).
@@ -573,4 +580,13 @@ export class Allocator {
       `failed to ${what}: gave up after ${this.maxAttempts} attempts that each lost a race with another writer (excessive concurrent IPAM requests)`,
     );
   }
+}
+
+/** Whether the affinities read now differ (a key added, removed or rewritten) from the snapshot's. */
+function affinitiesChanged(before: readonly HostAffinity[], read: readonly KeyValue[]): boolean {
+  // Keys the snapshot skipped (not an affinity key) are skipped here too, or they would never compare equal.
+  const now = read.filter((kv) => parseAffinityKey(kv.key) !== undefined);
+  if (before.length !== now.length) return true;
+  const seen = new Map(before.map((a) => [a.kv.key, a.kv.modRevision]));
+  return now.some((kv) => seen.get(kv.key) !== kv.modRevision);
 }

@@ -306,6 +306,36 @@ describe('Allocator: limits and affinity', () => {
     expect(e.message).toMatch(/exhausted/);
   });
 
+  it("a claim made by another process of this host after this one's snapshot is used, not doubled by a second block", async () => {
+    // The interleaving CI once hit with two ADDs per node: B reads its snapshot (no affinity yet), then A
+    // claims a block and allocates, then B looks for a free subnet. B must notice A's new affinity and take
+    // an address from that block instead of claiming a second one for the same host.
+    const store = await storeWith([{ cidr: '10.80.0.0/28', blockSize: 30 }, { cidr: 'fd00:80::/124', blockSize: 126 }]);
+    // The node already has an IPv4 address, so its Node resource exists (a first ADD on a fresh node
+    // creates it, and that write alone would make the two claims collide).
+    await allocator(store, 'hostA').assign(req('v4'));
+    const v6: FamilyRequest[] = [{ family: 6 }];
+    const first = allocator(store, 'hostA');
+    const second = allocator(store, 'hostA');
+    const read = store.read.bind(store);
+    let held = false;
+    store.read = async (reads) => {
+      const lookingForFreeSubnet = reads.some((r) => 'prefix' in r && r.prefix === keys.blockPrefix(6));
+      if (lookingForFreeSubnet && !held) {
+        held = true;
+        await first.assign(req('a', v6));
+      }
+      return read(reads);
+    };
+    const b = await second.assign(req('b', v6));
+    expect(held).toBe(true);
+    const a = await allocator(store, 'hostA').addressesOf('a');
+    expect(b.allocations[0]?.blockCidr).toBe(a[0]?.blockCidr);
+    expect(store.snapshot(keys.blockPrefix(6)).size).toBe(1);
+    expect(store.snapshot(keys.hostAffinityPrefix('hostA', 6)).size).toBe(1);
+    expectConsistent(store);
+  });
+
   it('dual stack with a missing IPv6 pool leaves nothing allocated (no handle, no allocations)', async () => {
     const store = await storeWith([{ cidr: '10.0.0.0/24' }]);
     const e = await failure(allocator(store).assign(req('net1.c1', [{ family: 4 }, { family: 6 }])));
