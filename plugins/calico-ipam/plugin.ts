@@ -7,7 +7,7 @@ import { ipamAdd, ipamCheck, ipamDel, ipamGc, ipamStatus, type IpamCall } from '
 /** Opens etcd for one call and always closes it, so the process can exit. */
 async function withIpam<T>(ctx: Context, fn: (call: IpamCall) => Promise<T>): Promise<T> {
   const node = validateNodename(determineNodename(ctx.conf));
-  const store = await openStore(ctx.conf);
+  const store = await openStore(ctx.conf, ctx.env.vars);
   try {
     return await fn({ env: ctx.env, conf: ctx.conf, version: ctx.version, log: ctx.log, store, node });
   } finally {

@@ -52,7 +52,7 @@ async function withSession<T>(ctx: Context, fn: (s: Session) => Promise<T>): Pro
   nodenameGate(ctx.conf);
   const node = validateNodename(determineNodename({ ...ctx.conf, nodename_file: ctx.conf.nodename_file ?? DEFAULT_NODENAME_FILE }));
   const id = identify(ctx.env, node);
-  const store = await openStore(ctx.conf);
+  const store = await openStore(ctx.conf, ctx.env.vars);
   try {
     return await fn({ ctx, node, id, store, inProcessIpam: ctx.conf.ipam?.type === 'calico-ipam' });
   } finally {
@@ -69,7 +69,7 @@ async function ipamAddFor(s: Session): Promise<Result> {
   if (s.inProcessIpam) return ipamAdd(ipamCall(s));
   const type = s.ctx.conf.ipam?.type;
   if (!type) throw new CniError(ErrorCode.InvalidConfig, 'ipam.type is required');
-  const r = await delegate({ plugin: type, verb: 'ADD', stdin: s.ctx.stdin, cniPath: s.ctx.env.path, fallbackVersion: s.ctx.version });
+  const r = await delegate({ plugin: type, verb: 'ADD', stdin: s.ctx.stdin, cniPath: s.ctx.env.path, env: s.ctx.env.vars, fallbackVersion: s.ctx.version });
   if (!r) throw new CniError(ErrorCode.Internal, `IPAM plugin ${type} returned no result`);
   return r;
 }
@@ -81,7 +81,7 @@ async function ipamVerb(s: Session, verb: 'DEL' | 'CHECK'): Promise<void> {
     return;
   }
   const type = s.ctx.conf.ipam?.type;
-  if (type) await delegate({ plugin: type, verb, stdin: s.ctx.stdin, cniPath: s.ctx.env.path, fallbackVersion: s.ctx.version });
+  if (type) await delegate({ plugin: type, verb, stdin: s.ctx.stdin, cniPath: s.ctx.env.path, env: s.ctx.env.vars, fallbackVersion: s.ctx.version });
 }
 
 /** Narrows every address to a single host (/32, /128), as the workload owns exactly that address. */
@@ -319,7 +319,7 @@ async function cmdStatus(s: Session): Promise<void> {
   }
   if (s.inProcessIpam) return ipamStatus({ ...ipamCall(s) });
   const type = s.ctx.conf.ipam?.type;
-  if (type) await delegate({ plugin: type, verb: 'STATUS', stdin: s.ctx.stdin, cniPath: s.ctx.env.path, fallbackVersion: s.ctx.version });
+  if (type) await delegate({ plugin: type, verb: 'STATUS', stdin: s.ctx.stdin, cniPath: s.ctx.env.path, env: s.ctx.env.vars, fallbackVersion: s.ctx.version });
 }
 
 /**
@@ -350,7 +350,7 @@ async function cmdGc(s: Session): Promise<void> {
   if (s.inProcessIpam) {
     await ipamGc({ ...ipamCall(s) }, valid).catch((e: unknown) => failures.push(errorMessage(e)));
   } else if (ctx.conf.ipam?.type) {
-    await delegate({ plugin: ctx.conf.ipam.type, verb: 'GC', stdin: ctx.stdin, cniPath: ctx.env.path, fallbackVersion: ctx.version }).catch((e: unknown) =>
+    await delegate({ plugin: ctx.conf.ipam.type, verb: 'GC', stdin: ctx.stdin, cniPath: ctx.env.path, env: ctx.env.vars, fallbackVersion: ctx.version }).catch((e: unknown) =>
       failures.push(errorMessage(e)),
     );
   }

@@ -1,6 +1,6 @@
 import { createHash } from 'node:crypto';
 import { CniError, ErrorCode } from '../cni/errors';
-import type { CniEnv } from '../cni/env';
+import type { CniEnv, Env } from '../cni/env';
 import { keys } from './keys';
 import { newMetadata, type Metadata, type WorkloadEndpoint } from './model';
 
@@ -37,19 +37,19 @@ export function workloadEndpointName(id: Pick<WorkloadIdentity, 'orchestrator' |
 }
 
 /** Felix's first interface prefix, as upstream names host veths. */
-function vethPrefix(env: NodeJS.ProcessEnv): string {
+function vethPrefix(env: Env): string {
   return (env.FELIX_INTERFACEPREFIX ?? '').split(',')[0]?.trim() || 'cali';
 }
 
 /** cali + 11 characters: the container id's, or for Kubernetes the SHA-1 of "<namespace>.<pod>" (upstream). */
-export function hostVethName(orchestrator: 'k8s' | 'cni', containerId: string, namespace: string, pod: string | undefined, env = process.env): string {
+export function hostVethName(orchestrator: 'k8s' | 'cni', containerId: string, namespace: string, pod: string | undefined, env: Env = process.env): string {
   const prefix = vethPrefix(env);
   if (orchestrator === 'k8s') return prefix + createHash('sha1').update(`${namespace}.${pod ?? ''}`).digest('hex').slice(0, 11);
   return prefix + containerId.slice(0, 11);
 }
 
 /** cali + 11 hex characters of the SHA-1 of the container id: unique where the id's first 11 are not. */
-export function fallbackVethName(containerId: string, env = process.env): string {
+export function fallbackVethName(containerId: string, env: Env = process.env): string {
   return vethPrefix(env) + createHash('sha1').update(containerId).digest('hex').slice(0, 11);
 }
 
@@ -63,9 +63,9 @@ export function identify(env: CniEnv, node: string): WorkloadIdentity {
     ...base,
     namespace,
     name: workloadEndpointName(base),
-    hostIfname: hostVethName(orchestrator, env.containerId, namespace, pod),
+    hostIfname: hostVethName(orchestrator, env.containerId, namespace, pod, env.vars),
     // Kubernetes names the veth after the pod: another owner is an earlier sandbox of it and is replaced.
-    hostIfnameFallback: k8s ? undefined : fallbackVethName(env.containerId),
+    hostIfnameFallback: k8s ? undefined : fallbackVethName(env.containerId, env.vars),
   };
 }
 

@@ -42,6 +42,8 @@ export const NetConfSchema = z.looseObject({
   datastore_type: z.optional(z.string()),
   /** calico-ts: "http" (etcd's v3 JSON gateway, default) or "grpc" (the etcd3 client). */
   etcd_transport: z.optional(z.enum(['grpc', 'http'])),
+  /** calico-ts: the node agent's socket (`calico agent`); calls go there when it answers, else run here. */
+  agent_socket: z.optional(z.string().check(z.regex(/^\/[^\0]*$/, 'must be an absolute path'))),
   etcd_endpoints: z.optional(z.string()),
   etcd_discovery_srv: z.optional(z.string()),
   etcd_key_file: z.optional(z.string()),

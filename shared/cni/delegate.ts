@@ -79,7 +79,7 @@ export interface DelegateOptions {
   stdin: string;
   cniPath: readonly string[];
   /** The caller's environment; only CNI_COMMAND is overridden, as the spec requires. */
-  env?: NodeJS.ProcessEnv;
+  env?: Readonly<Record<string, string | undefined>>;
   timeoutMs?: number;
   fallbackVersion: string;
 }

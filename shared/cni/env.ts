@@ -14,6 +14,11 @@ export interface CniEnv {
   args: CniArgs;
   /** Directories to search for delegated plugins, in order. */
   path: string[];
+  /**
+   * The whole environment the call came with: a delegated plugin inherits it, and ETCD_* and
+   * FELIX_INTERFACEPREFIX are read from it (in the node agent it is the calling process's, not the agent's).
+   */
+  vars: Env;
 }
 
 export interface CniArgs {
@@ -27,7 +32,7 @@ export interface CniArgs {
   ip?: string;
 }
 
-type Env = Readonly<Record<string, string | undefined>>;
+export type Env = Readonly<Record<string, string | undefined>>;
 
 /** Which variables each verb needs (spec 1.1.0, with libcni skel's stricter CNI_PATH rule). */
 const REQUIRED: Record<Verb, readonly string[]> = {
@@ -152,5 +157,6 @@ export function readCniEnv(env: Env): CniEnv {
     ifname,
     args,
     path: (env.CNI_PATH ?? '').split(':').filter((d) => d !== ''),
+    vars: env,
   };
 }

@@ -11,6 +11,8 @@ export interface Logger {
   error(msg: string, fields?: Record<string, unknown>): void;
   /** Milliseconds since the process started; used for per-phase timings at debug level. */
   elapsed(): number;
+  /** Closes the log file, if one was opened (a long-lived node agent creates a logger per call). */
+  close(): void;
 }
 
 export interface LogOptions {
@@ -19,6 +21,8 @@ export interface LogOptions {
   filePath?: string | undefined;
   /** Where the stream half goes; tests pass a buffer. Defaults to stderr. */
   stderr?: (line: string) => void;
+  /** performance.now() when the call started; elapsed() counts from there (0: process start). */
+  startedAt?: number;
 }
 
 /** Calico reads log_level case-insensitively; anything unknown is info. */
@@ -70,6 +74,10 @@ export function createLogger(opts: LogOptions): Logger {
     info: (m, f) => write('info', m, f),
     warn: (m, f) => write('warn', m, f),
     error: (m, f) => write('error', m, f),
-    elapsed: () => Math.round(performance.now() * 10) / 10,
+    elapsed: () => Math.round((performance.now() - (opts.startedAt ?? 0)) * 10) / 10,
+    close: () => {
+      if (fd !== undefined) fs.closeSync(fd);
+      fd = undefined;
+    },
   };
 }

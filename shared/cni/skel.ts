@@ -2,14 +2,15 @@
  * The skeleton every plugin main wires into (like libcni's skel.PluginMainFuncs). It stays light on purpose:
  * VERSION, which podman calls before every ADD and DEL, is answered before anything heavy is loaded.
  */
-import fs from 'node:fs';
-import tty from 'node:tty';
 import { CniError, ErrorCode, errorObject, loggedErrors, toCniError } from './errors';
 import { CURRENT_VERSION, SUPPORTED_VERSIONS } from './version';
+import { readStdinSync } from './stdin';
+import { takeHandedStdin } from '../launch/handover';
 import type { CniEnv } from './env';
 import type { NetConf } from './config';
 import type { Logger } from './log';
 import type { Result } from './result';
+import type { CallIo } from './invoke';
 import type { CniVersion } from './version';
 
 export interface Context {
@@ -42,37 +43,18 @@ export function versionInfo(): string {
   return JSON.stringify({ cniVersion: CURRENT_VERSION, supportedVersions: SUPPORTED_VERSIONS });
 }
 
-/**
- * Reads stdin to EOF, as Go's skel does. tty.isatty (not process.stdin, whose creation switches fd 0 to
- * non-blocking) decides "no input"; a non-blocking pipe the runtime has not written yet (EAGAIN) is waited
- * for, not taken as an empty config.
- */
 function readStdin(): string {
-  if (tty.isatty(0)) return '';
-  const chunks: Buffer[] = [];
-  const buf = Buffer.alloc(64 * 1024);
-  const pause = new Int32Array(new SharedArrayBuffer(4));
-  for (;;) {
-    let n: number;
-    try {
-      n = fs.readSync(0, buf, 0, buf.length, null);
-    } catch (e) {
-      const code = (e as NodeJS.ErrnoException).code;
-      if (code === 'EAGAIN') {
-        Atomics.wait(pause, 0, 0, 2);
-        continue;
-      }
-      if (code === 'EOF') break;
-      throw new CniError(ErrorCode.IOFailure, `failed to read network configuration from stdin: ${(e as Error).message}`);
-    }
-    if (n === 0) break;
-    chunks.push(Buffer.from(buf.subarray(0, n)));
+  const handed = takeHandedStdin();
+  if (handed !== undefined) return handed;
+  try {
+    return readStdinSync();
+  } catch (e) {
+    throw new CniError(ErrorCode.IOFailure, `failed to read network configuration from stdin: ${(e as Error).message}`);
   }
-  return Buffer.concat(chunks).toString('utf8');
 }
 
 /** Best effort: the version to stamp on an error printed before the config was validated. */
-function sniffVersion(stdin: string): string {
+export function sniffVersion(stdin: string): string {
   try {
     const v: unknown = (JSON.parse(stdin) as { cniVersion?: unknown }).cniVersion;
     return typeof v === 'string' && /^\d+\.\d+\.\d+$/.test(v) ? v : CURRENT_VERSION;
@@ -104,10 +86,32 @@ function armDeadline(spec: PluginSpec, version: () => string): void {
   timer.unref();
 }
 
-/** Everything after VERSION; loaded lazily so that VERSION parses and evaluates as little code as possible. */
-async function invoke(spec: PluginSpec, stdin: string): Promise<string | undefined> {
-  const { handleInvocation } = await import(/* webpackMode: "eager" */ './invoke');
-  return handleInvocation(spec, stdin);
+/** One call's outcome: what goes to stdout, and the exit status. */
+export interface Reply {
+  status: number;
+  stdout: string;
+}
+
+/**
+ * Runs one call (everything but VERSION) and turns any failure into the spec's error object. The process
+ * path and the node agent both answer through here. The rest is loaded lazily so that VERSION parses and
+ * evaluates as little code as possible.
+ */
+export async function respond(spec: PluginSpec, stdin: string, io: CallIo): Promise<Reply> {
+  try {
+    const { handleInvocation } = await import(/* webpackMode: "eager" */ './invoke');
+    const out = await handleInvocation(spec, stdin, io);
+    return { status: 0, stdout: out ?? '' };
+  } catch (e) {
+    const err = toCniError(e);
+    if (!loggedErrors.has(err) && !loggedErrors.has(e as Error)) {
+      // Details and causes go to the log on stderr; stdout carries only the error object.
+      (io.stderr ?? ((l: string) => process.stderr.write(l)))(
+        `${new Date().toISOString()} [ERROR][${process.pid}] ${spec.name}: ${err.message}${err.details ? ` (${err.details})` : ''}\n`,
+      );
+    }
+    return { status: 1, stdout: JSON.stringify(errorObject(err, sniffVersion(stdin)), null, 4) + '\n' };
+  }
 }
 
 export async function runPlugin(spec: PluginSpec): Promise<never> {
@@ -136,15 +140,12 @@ export async function runPlugin(spec: PluginSpec): Promise<never> {
     armDeadline(spec, () => version);
     stdin = readStdin();
     version = sniffVersion(stdin);
-    const out = await invoke(spec, stdin);
-    if (out !== undefined) await writeStdout(out);
-    process.exit(0);
+    const reply = await respond(spec, stdin, { vars: process.env });
+    if (reply.stdout !== '') await writeStdout(reply.stdout);
+    process.exit(reply.status);
   } catch (e) {
     const err = toCniError(e);
-    if (!loggedErrors.has(err) && !loggedErrors.has(e as Error)) {
-      // Details and causes go to the log on stderr; stdout carries only the error object.
-      process.stderr.write(`${new Date().toISOString()} [ERROR][${process.pid}] ${spec.name}: ${err.message}${err.details ? ` (${err.details})` : ''}\n`);
-    }
+    process.stderr.write(`${new Date().toISOString()} [ERROR][${process.pid}] ${spec.name}: ${err.message}\n`);
     await writeStdout(JSON.stringify(errorObject(err, version), null, 4) + '\n');
     process.exit(1);
   }

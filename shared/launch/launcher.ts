@@ -15,6 +15,9 @@ import fs from 'node:fs';
 import path from 'node:path';
 import type vm from 'node:vm';
 import { CURRENT_VERSION, SUPPORTED_VERSIONS } from '../cni/version';
+import { readStdinSync } from '../cni/stdin';
+import { agentSocketOf, callAgent } from './agent-client';
+import { handBuildId, handStdin } from './handover';
 
 // Every other built-in module is required where it is used: VERSION must not pay for loading them.
 const lazy = {
@@ -176,11 +179,57 @@ function fail(e: unknown): never {
   process.exit(1);
 }
 
-try {
+function exitWith(status: number, stdout: string): void {
+  if (stdout === '') process.exit(status);
+  process.stdout.write(stdout, () => process.exit(status));
+}
+
+function sniffVersion(stdin: string): string {
+  const m = /"cniVersion"\s*:\s*"(\d+\.\d+\.\d+)"/.exec(stdin);
+  return m?.[1] ?? CURRENT_VERSION;
+}
+
+/**
+ * Hands the call to the node agent when the config names one (agent_socket) and it answers. Returns false
+ * when this process must run the call itself; stdin, already read, is handed to the plugin then.
+ */
+async function viaAgent(): Promise<boolean> {
+  let stdin: string;
+  try {
+    stdin = readStdinSync();
+  } catch {
+    return false; // the plugin reads again and reports the failure as a CNI error
+  }
+  handStdin(stdin);
+  const socket = agentSocketOf(stdin);
+  if (!socket) return false;
+  const deadline = Number(process.env.CALICO_TS_DEADLINE_MS) > 0 ? Number(process.env.CALICO_TS_DEADLINE_MS) : 60_000;
+  const outcome = await callAgent(socket, { protocol: 1, build: BUILD_ID, stdin, env: process.env }, deadline);
+  const name = path.basename(process.argv[1] ?? 'calico');
+  if (outcome.kind === 'unavailable') {
+    process.stderr.write(`${new Date().toISOString()} [WARN][${process.pid}] ${name}: node agent at ${socket} not used (${outcome.why}); running the call in this process\n`);
+    return false;
+  }
+  if (outcome.kind === 'lost') {
+    // Not run again here: the agent may have done part of it. The runtime's DEL, then a new ADD, repair that.
+    const msg = `the node agent at ${socket} did not answer (${outcome.why}); the call may be half done: try again`;
+    process.stderr.write(`${new Date().toISOString()} [ERROR][${process.pid}] ${name}: ${msg}\n`);
+    exitWith(1, `${JSON.stringify({ cniVersion: sniffVersion(stdin), code: 11, msg }, null, 4)}\n`);
+    return true;
+  }
+  if (outcome.stderr !== '') process.stderr.write(outcome.stderr);
+  exitWith(outcome.status, outcome.stdout);
+  return true;
+}
+
+async function main(): Promise<void> {
   // A single executable application's argv[1] is its argv[0], which need not be a path (a PATH lookup).
   const self = __filename === process.execPath ? process.execPath : fs.realpathSync(process.argv[1] ?? __filename);
-  if (process.env.CNI_COMMAND === 'VERSION') answerVersion();
-  else run(self);
-} catch (e) {
-  fail(e);
+  const command = process.env.CNI_COMMAND;
+  if (command === 'VERSION') return answerVersion();
+  handBuildId(BUILD_ID);
+  if (command && (await viaAgent())) return;
+  run(self);
 }
+
+main().catch(fail);

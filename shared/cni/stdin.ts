@@ -1,0 +1,36 @@
+/**
+ * Reading the network configuration from stdin, shared by the launcher (which reads it first when it may
+ * pass the call to the node agent) and the skeleton. Free of other project modules: the launcher bundles
+ * it, and every call pays for what the launcher loads.
+ */
+import fs from 'node:fs';
+import tty from 'node:tty';
+
+/**
+ * Reads stdin to EOF, as Go's skel does. tty.isatty (not process.stdin, whose creation switches fd 0 to
+ * non-blocking) decides "no input"; a non-blocking pipe the runtime has not written yet (EAGAIN) is waited
+ * for, not taken as an empty config. Other read errors are thrown as they are.
+ */
+export function readStdinSync(): string {
+  if (tty.isatty(0)) return '';
+  const chunks: Buffer[] = [];
+  const buf = Buffer.alloc(64 * 1024);
+  const pause = new Int32Array(new SharedArrayBuffer(4));
+  for (;;) {
+    let n: number;
+    try {
+      n = fs.readSync(0, buf, 0, buf.length, null);
+    } catch (e) {
+      const code = (e as NodeJS.ErrnoException).code;
+      if (code === 'EAGAIN') {
+        Atomics.wait(pause, 0, 0, 2);
+        continue;
+      }
+      if (code === 'EOF') break;
+      throw e;
+    }
+    if (n === 0) break;
+    chunks.push(Buffer.from(buf.subarray(0, n)));
+  }
+  return Buffer.concat(chunks).toString('utf8');
+}

@@ -1,0 +1,45 @@
+/** The node agent (`calico agent`) of the built binary, started as its own process and stopped by PID. */
+import { spawn, type ChildProcess } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { DIST } from './plugin';
+
+export interface Agent {
+  socket: string;
+  pid: number;
+  /** Everything the agent wrote to stderr so far (its log: a line per call). */
+  log(): string;
+  /** SIGTERM, then SIGKILL after 10 s; resolves when the process is gone. Removes its temp dir. */
+  stop(): Promise<void>;
+}
+
+export async function startAgent(o: { socket?: string; binary?: string } = {}): Promise<Agent> {
+  const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'cts-agent-'));
+  const socket = o.socket ?? path.join(dir, 'agent.sock');
+  const child: ChildProcess = spawn(o.binary ?? path.join(DIST, 'calico'), ['agent', '--socket', socket], {
+    env: { PATH: process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin' },
+    stdio: ['ignore', 'ignore', 'pipe'],
+  });
+  let log = '';
+  child.stderr?.on('data', (d: Buffer) => (log += d.toString('utf8')));
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  const stop = async (): Promise<void> => {
+    if (child.exitCode === null && child.signalCode === null) {
+      child.kill('SIGTERM');
+      const timer = setTimeout(() => child.kill('SIGKILL'), 10_000);
+      await exited;
+      clearTimeout(timer);
+    }
+    fs.rmSync(dir, { recursive: true, force: true });
+  };
+  const deadline = Date.now() + 30_000;
+  while (!log.includes(`serving calico calls on ${socket}`)) {
+    if (child.exitCode !== null || Date.now() > deadline) {
+      await stop();
+      throw new Error(`calico agent did not start on ${socket}: ${log}`);
+    }
+    await new Promise((r) => setTimeout(r, 20));
+  }
+  return { socket, pid: child.pid ?? -1, log: () => log, stop };
+}
