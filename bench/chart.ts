@@ -8,14 +8,15 @@ interface Series {
 
 interface Results {
   date: string;
-  cnitool: Record<'ours' | 'oursGrpc' | 'go', { add: { samples: number[] }; del: { samples: number[] } }>;
+  cnitool: Record<'ours' | 'oursGrpc' | 'oursAgent' | 'go', { add: { samples: number[] }; del: { samples: number[] } }>;
   version: Record<string, { samples: number[] }>;
-  burst: Record<'ours' | 'oursGrpc' | 'go', Record<string, unknown>>;
+  burst: Record<'ours' | 'oursGrpc' | 'oursAgent' | 'go', Record<string, unknown>>;
 }
 
 const OURS = '#e4572e';
 const GO = '#2e86ab';
 const GRPC = '#f2a541';
+const AGENT = '#6a994e';
 
 function quantile(s: number[], p: number): number {
   const x = [...s].sort((a, b) => a - b);
@@ -28,9 +29,17 @@ function esc(t: string): string {
 
 export function renderChart(r: Results): string {
   const burstSamples = (b: Record<string, unknown>, k: 'add' | 'del') => ((b[k] as { samples?: number[] } | undefined)?.samples ?? []);
+  type Key = 'ours' | 'oursGrpc' | 'oursAgent' | 'go';
+  const who: { key: Key; label: string; color: string }[] = [
+    { key: 'ours', label: 'calico-ts (default, http)', color: OURS },
+    { key: 'oursGrpc', label: 'calico-ts (grpc)', color: GRPC },
+    { key: 'oursAgent', label: 'calico-ts + node agent', color: AGENT },
+    { key: 'go', label: 'ptp+host-local', color: GO },
+  ];
+  const each = (pick: (k: Key) => number[]) => who.map((w) => ({ label: w.label, color: w.color, samples: pick(w.key) }));
   const groups: { title: string; series: Series[] }[] = [
-    { title: 'cnitool ADD', series: [{ label: 'calico-ts (default, http)', samples: r.cnitool.ours.add.samples, color: OURS }, { label: 'calico-ts (grpc)', samples: r.cnitool.oursGrpc.add.samples, color: GRPC }, { label: 'ptp+host-local', samples: r.cnitool.go.add.samples, color: GO }] },
-    { title: 'cnitool DEL', series: [{ label: 'calico-ts (default, http)', samples: r.cnitool.ours.del.samples, color: OURS }, { label: 'calico-ts (grpc)', samples: r.cnitool.oursGrpc.del.samples, color: GRPC }, { label: 'ptp+host-local', samples: r.cnitool.go.del.samples, color: GO }] },
+    { title: 'cnitool ADD', series: each((k) => r.cnitool[k]?.add.samples ?? []) },
+    { title: 'cnitool DEL', series: each((k) => r.cnitool[k]?.del.samples ?? []) },
     {
       title: 'VERSION (direct exec)',
       series: [
@@ -39,8 +48,8 @@ export function renderChart(r: Results): string {
         { label: 'node -e 0', samples: r.version.nodeNoop?.samples ?? [], color: '#888' },
       ],
     },
-    { title: 'burst ADD (per op)', series: [{ label: 'calico-ts (default, http)', samples: burstSamples(r.burst.ours, 'add'), color: OURS }, { label: 'calico-ts (grpc)', samples: burstSamples(r.burst.oursGrpc, 'add'), color: GRPC }, { label: 'ptp+host-local', samples: burstSamples(r.burst.go, 'add'), color: GO }] },
-    { title: 'burst DEL (per op)', series: [{ label: 'calico-ts (default, http)', samples: burstSamples(r.burst.ours, 'del'), color: OURS }, { label: 'calico-ts (grpc)', samples: burstSamples(r.burst.oursGrpc, 'del'), color: GRPC }, { label: 'ptp+host-local', samples: burstSamples(r.burst.go, 'del'), color: GO }] },
+    { title: 'burst ADD (per op)', series: each((k) => (r.burst[k] ? burstSamples(r.burst[k], 'add') : [])) },
+    { title: 'burst DEL (per op)', series: each((k) => (r.burst[k] ? burstSamples(r.burst[k], 'del') : [])) },
   ];
   const W = 900;
   const left = 170;

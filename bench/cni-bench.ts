@@ -15,6 +15,7 @@ import { Allocator } from '../shared/ipam/allocator';
 import { addPool } from '../shared/ipam/pools';
 import { HttpEtcdStore } from '../shared/etcd/http-store';
 import { DEFAULT_REQUEST_TIMEOUT_MS } from '../shared/etcd/config';
+import { startAgent, type Agent } from '../test/helpers/agent';
 import { startEtcd } from '../test/helpers/etcd';
 import { startEtcdCluster } from '../test/helpers/etcd-cluster';
 import { checkIpamInvariants } from '../test/helpers/ipam-invariants';
@@ -133,11 +134,15 @@ async function peakRssKb(file: string, env: Record<string, string>, stdin: strin
   return Number(m[1]);
 }
 
-async function rss(etcdEndpoint: string, transport: 'grpc' | 'http'): Promise<Record<string, number>> {
-  const ns = `ctsbench-rss-${transport}`;
+/** Peak RSS of one plugin process; with `agentSocket`, of the client process that hands the call over. */
+async function rss(etcdEndpoint: string, transport: 'grpc' | 'http', agentSocket?: string): Promise<Record<string, number>> {
+  const ns = `ctsbench-rss-${transport}${agentSocket ? '-agent' : ''}`;
   const p = await netnsAdd(ns);
   try {
-    const conf = JSON.stringify({ cniVersion: '1.0.0', name: 'rssnet', type: 'calico', etcd_endpoints: etcdEndpoint, etcd_transport: transport, nodename: 'bench-rss', ipam: { type: 'calico-ipam' } });
+    const conf = JSON.stringify({
+      cniVersion: '1.0.0', name: 'rssnet', type: 'calico', etcd_endpoints: etcdEndpoint, etcd_transport: transport, nodename: 'bench-rss', ipam: { type: 'calico-ipam' },
+      ...(agentSocket ? { agent_socket: agentSocket } : {}),
+    });
     const env = { PATH: CLEAN_PATH, CNI_COMMAND: 'ADD', CNI_CONTAINERID: 'rss1', CNI_NETNS: p, CNI_IFNAME: 'eth0', CNI_PATH: DIST };
     const calicoAdd = await peakRssKb(path.join(DIST, 'calico'), env, conf);
     const calicoDel = await peakRssKb(path.join(DIST, 'calico'), { ...env, CNI_COMMAND: 'DEL' }, conf);
@@ -229,7 +234,9 @@ async function main(): Promise<void> {
   }
   const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'ctsbench-'));
   const etcd = await startEtcd();
+  let agent: Agent | undefined;
   try {
+    agent = await startAgent({ binary: path.join(DIST, 'calico'), socket: path.join(tmp, 'agent.sock') });
     const pool = await timed(path.join(DIST, 'calico-ipam'), ['pool', 'add', '10.210.0.0/16', '--etcd-endpoints', etcd.endpoint], { PATH: CLEAN_PATH });
     if (pool.code !== 0) throw new Error(pool.stderr);
     const ours: Contender = {
@@ -247,6 +254,16 @@ async function main(): Promise<void> {
       confDir: path.dirname(writeConf(path.join(tmp, 'oursgrpc'), {
         cniVersion: '1.0.0', name: 'benchgrpc',
         plugins: [{ type: 'calico', etcd_endpoints: etcd.endpoint, etcd_transport: 'grpc', nodename: 'bench-node-grpc', log_level: 'warn', ipam: { type: 'calico-ipam' } }],
+      })),
+      cniPath: `${DIST}:${GO}`,
+    };
+    // The same binaries with the node agent (`calico agent`) running: each call is a small client process.
+    const oursAgent: Contender = {
+      label: 'calico-ts with the node agent (agent_socket; calico agent running)',
+      network: 'benchagent',
+      confDir: path.dirname(writeConf(path.join(tmp, 'oursagent'), {
+        cniVersion: '1.0.0', name: 'benchagent',
+        plugins: [{ type: 'calico', etcd_endpoints: etcd.endpoint, nodename: 'bench-node-agent', log_level: 'warn', agent_socket: agent.socket, ipam: { type: 'calico-ipam' } }],
       })),
       cniPath: `${DIST}:${GO}`,
     };
@@ -276,6 +293,7 @@ async function main(): Promise<void> {
     await addDelSeriesN(ours, 'ctsbench-warm', 3);
     await addDelSeriesN(oursGrpc, 'ctsbench-warmgrpc', 3);
     await addDelSeriesN(go, 'ctsbench-warmgo', 3);
+    await addDelSeriesN(oursAgent, 'ctsbench-warmagent', 3);
     console.error('bench: VERSION');
     const version = await versionSeries();
     console.error('bench: ADD/DEL through cnitool, interleaved');
@@ -283,11 +301,15 @@ async function main(): Promise<void> {
     const goSeries = { add: [] as number[], del: [] as number[] };
     const grpcSeries = { add: [] as number[], del: [] as number[] };
     const seaSeries = { add: [] as number[], del: [] as number[] };
+    const agentSeries = { add: [] as number[], del: [] as number[] };
     if (sea) await addDelSeriesN(sea, 'ctsbench-warmsea', 3);
     for (let round = 0; round < N; round += 5) {
       const o = await addDelSeriesN(ours, `ctsbench-o${round}`, Math.min(5, N - round));
       const g = await addDelSeriesN(go, `ctsbench-g${round}`, Math.min(5, N - round));
       const h = await addDelSeriesN(oursGrpc, `ctsbench-r${round}`, Math.min(5, N - round));
+      const k = await addDelSeriesN(oursAgent, `ctsbench-a${round}`, Math.min(5, N - round));
+      agentSeries.add.push(...k.add);
+      agentSeries.del.push(...k.del);
       grpcSeries.add.push(...h.add);
       grpcSeries.del.push(...h.del);
       if (sea) {
@@ -304,9 +326,11 @@ async function main(): Promise<void> {
     const burstOurs = await burst(ours, 'ctsbench-bo');
     const burstGo = await burst(go, 'ctsbench-bg');
     const burstGrpc = await burst(oursGrpc, 'ctsbench-br');
+    const burstAgent = await burst(oursAgent, 'ctsbench-ba');
     console.error('bench: peak RSS');
     const mem = await rss(etcd.endpoint, 'http');
     const memGrpc = await rss(etcd.endpoint, 'grpc');
+    const memAgent: Record<string, number> = { ...(await rss(etcd.endpoint, 'http', agent.socket)), agentPeakKb: agentPeakKb(agent.pid) };
     console.error(`bench: IPAM scale ${SCALE_HOSTS} hosts x ${SCALE_ADDRS}`);
     const scale = await ipamScale();
 
@@ -316,6 +340,8 @@ async function main(): Promise<void> {
     const gDel = stats(goSeries.del);
     const rAdd = stats(grpcSeries.add);
     const rDel = stats(grpcSeries.del);
+    const kAdd = stats(agentSeries.add);
+    const kDel = stats(agentSeries.del);
     const targetsFor = (label: string, add: Stats, del: Stats, b: Record<string, unknown>, m: Record<string, number>) =>
       [
         { what: 'cnitool ADD p50 <= 3x ptp+host-local', value: ratio(add.p50, gAdd.p50), limit: 3 },
@@ -327,7 +353,11 @@ async function main(): Promise<void> {
         { what: 'one plugin process peak RSS <= 60 MB', value: Math.round(Math.max(m.calicoAddKb ?? 0, m.calicoDelKb ?? 0) / 1024), limit: 60 },
         { what: 'IPAM scale: 0 duplicate addresses', value: Number(scale.duplicates), limit: 0 },
       ].map((t) => ({ config: label, ...t, met: 'atLeast' in t && t.atLeast ? t.value >= t.limit : t.value <= t.limit }));
-    const targets = [...targetsFor('etcd_transport http (default)', oAdd, oDel, burstOurs, mem), ...targetsFor('etcd_transport grpc', rAdd, rDel, burstGrpc, memGrpc)];
+    const targets = [
+      ...targetsFor('etcd_transport http (default)', oAdd, oDel, burstOurs, mem),
+      ...targetsFor('etcd_transport grpc', rAdd, rDel, burstGrpc, memGrpc),
+      ...targetsFor('node agent (agent_socket)', kAdd, kDel, burstAgent, memAgent),
+    ];
 
     const results = {
       date: new Date().toISOString(),
@@ -335,9 +365,14 @@ async function main(): Promise<void> {
       n: N,
       version,
       seaBuild: sea ? { label: sea.label, add: stats(seaSeries.add), del: stats(seaSeries.del), version: version.seaCalico } : 'not built (scripts/build-binaries.sh --sea)',
-      cnitool: { ours: { label: ours.label, add: oAdd, del: oDel }, oursGrpc: { label: oursGrpc.label, add: rAdd, del: rDel }, go: { label: go.label, add: gAdd, del: gDel } },
-      burst: { ours: burstOurs, oursGrpc: burstGrpc, go: burstGo },
-      peakRssKb: { http: mem, grpc: memGrpc },
+      cnitool: {
+        ours: { label: ours.label, add: oAdd, del: oDel },
+        oursGrpc: { label: oursGrpc.label, add: rAdd, del: rDel },
+        oursAgent: { label: oursAgent.label, add: kAdd, del: kDel },
+        go: { label: go.label, add: gAdd, del: gDel },
+      },
+      burst: { ours: burstOurs, oursGrpc: burstGrpc, oursAgent: burstAgent, go: burstGo },
+      peakRssKb: { http: mem, grpc: memGrpc, agent: memAgent },
       ipamScale: scale,
       targets,
     };
@@ -345,27 +380,35 @@ async function main(): Promise<void> {
     fs.mkdirSync(outDir, { recursive: true });
     fs.writeFileSync(path.join(outDir, 'latest.json'), JSON.stringify(results, null, 2) + '\n');
     fs.writeFileSync(path.join(outDir, 'latest.svg'), renderChart(results));
-    const row = (what: string, a: string, b: string, c: string) => console.log(`${what.padEnd(26)}${a.padEnd(22)}${b.padEnd(22)}${c}`);
-    row('\nmeasurement (p50/p90)', 'calico-ts (http)', 'calico-ts grpc', 'Go ptp+host-local');
-    row('cnitool ADD (ms)', `${oAdd.p50} / ${oAdd.p90}`, `${rAdd.p50} / ${rAdd.p90}`, `${gAdd.p50} / ${gAdd.p90}`);
-    row('cnitool DEL (ms)', `${oDel.p50} / ${oDel.p90}`, `${rDel.p50} / ${rDel.p90}`, `${gDel.p50} / ${gDel.p90}`);
-    row('VERSION (ms)', `${version.calico?.p50} / ${version.calico?.p90}`, '(same binary)', `${version.ptp?.p50} / ${version.ptp?.p90}  node -e 0: ${version.nodeNoop?.p50}`);
-    row(`burst ${BURST} ADD total (ms)`, String(burstOurs.addTotalMs), String(burstGrpc.addTotalMs), String(burstGo.addTotalMs));
-    row(`burst ${BURST} DEL total (ms)`, String(burstOurs.delTotalMs), String(burstGrpc.delTotalMs), String(burstGo.delTotalMs));
+    const row = (what: string, a: string, b: string, k: string, c: string) => console.log(`${what.padEnd(26)}${a.padEnd(20)}${b.padEnd(20)}${k.padEnd(20)}${c}`);
+    row('\nmeasurement (p50/p90)', 'calico-ts (http)', 'calico-ts grpc', 'with node agent', 'Go ptp+host-local');
+    row('cnitool ADD (ms)', `${oAdd.p50} / ${oAdd.p90}`, `${rAdd.p50} / ${rAdd.p90}`, `${kAdd.p50} / ${kAdd.p90}`, `${gAdd.p50} / ${gAdd.p90}`);
+    row('cnitool DEL (ms)', `${oDel.p50} / ${oDel.p90}`, `${rDel.p50} / ${rDel.p90}`, `${kDel.p50} / ${kDel.p90}`, `${gDel.p50} / ${gDel.p90}`);
+    row('VERSION (ms)', `${version.calico?.p50} / ${version.calico?.p90}`, '(same binary)', '(same binary)', `${version.ptp?.p50} / ${version.ptp?.p90}  node -e 0: ${version.nodeNoop?.p50}`);
+    row(`burst ${BURST} ADD total (ms)`, String(burstOurs.addTotalMs), String(burstGrpc.addTotalMs), String(burstAgent.addTotalMs), String(burstGo.addTotalMs));
+    row(`burst ${BURST} DEL total (ms)`, String(burstOurs.delTotalMs), String(burstGrpc.delTotalMs), String(burstAgent.delTotalMs), String(burstGo.delTotalMs));
     if (sea) {
       const sa = stats(seaSeries.add);
       const sd = stats(seaSeries.del);
-      row('SEA build ADD/DEL', `${sa.p50} / ${sd.p50}`, `VERSION ${version.seaCalico?.p50}`, '');
+      row('SEA build ADD/DEL', `${sa.p50} / ${sd.p50}`, `VERSION ${version.seaCalico?.p50}`, '', '');
     }
-    row('peak RSS ADD (MB)', String(Math.round((mem.calicoAddKb ?? 0) / 1024)), String(Math.round((memGrpc.calicoAddKb ?? 0) / 1024)), String(Math.round((mem.ptpAddKb ?? 0) / 1024)));
+    const mb = (kb: number | undefined) => String(Math.round((kb ?? 0) / 1024));
+    row('peak RSS ADD (MB)', mb(mem.calicoAddKb), mb(memGrpc.calicoAddKb), `${mb(memAgent.calicoAddKb)} (agent ${mb(memAgent.agentPeakKb)})`, mb(mem.ptpAddKb));
     console.log(`IPAM scale (3-member etcd): ${JSON.stringify(scale)}`);
     console.log('\ntargets:');
     for (const t of targets) console.log(`  ${t.met ? 'met    ' : 'MISSED '} [${t.config}] ${t.what}: ${t.value}`);
     console.log(`\nwrote ${path.relative(ROOT, path.join(outDir, 'latest.json'))} and latest.svg`);
   } finally {
+    await agent?.stop();
     await etcd.stop();
     fs.rmSync(tmp, { recursive: true, force: true });
   }
+}
+
+/** The agent's own high-water mark of resident memory (it serves every call of the run). */
+function agentPeakKb(pid: number): number {
+  const m = /VmHWM:\s+(\d+) kB/.exec(fs.readFileSync(`/proc/${pid}/status`, 'utf8'));
+  return Number(m?.[1] ?? NaN);
 }
 
 async function addDelSeriesN(c: Contender, tag: string, n: number): Promise<{ add: number[]; del: number[] }> {

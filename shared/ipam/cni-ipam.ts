@@ -8,6 +8,7 @@ import type { Store } from '../store/store';
 import { Allocator, type Allocation, type AssignRequest, type FamilyRequest } from './allocator';
 import { ordinalsOf } from './block';
 import { parseCidr, parseIp } from './cidr';
+import { withHostLock } from './host-lock';
 import { listPools } from './pools';
 import { keys } from '../calico/keys';
 import { decodeBlock, decodeHandle } from '../calico/model';
@@ -88,10 +89,15 @@ export function resultOf(version: string, allocations: readonly Allocation[]): R
   return { cniVersion: version, ips: allocations.map((a) => ({ address: a.address })) };
 }
 
+/** The host lock's key: this node in this datastore. */
+function hostKey(call: Pick<IpamCall, 'conf' | 'node' | 'env'>): string {
+  return `${call.node}@${call.conf.etcd_endpoints ?? call.env.vars.ETCD_ENDPOINTS ?? ''}`;
+}
+
 export async function ipamAdd(call: IpamCall): Promise<Result> {
   const alloc = allocatorFor(call);
   const req = assignRequest(call);
-  const outcome = await alloc.assign(req);
+  const outcome = await withHostLock(hostKey(call), () => alloc.assign(req));
   call.log.info(outcome.existing ? 'handle already holds addresses' : 'assigned', {
     handle: handleIdFor(call.conf, call.env.containerId),
     ips: outcome.allocations.map((a) => a.address),
@@ -105,7 +111,8 @@ export async function ipamAdd(call: IpamCall): Promise<Result> {
 
 /** Releases both handle forms; nothing held is success, so DEL can be repeated. */
 export async function ipamDel(call: IpamCall): Promise<Allocation[]> {
-  const released = await allocatorFor(call).releaseHandles([handleIdFor(call.conf, call.env.containerId), legacyHandleId(call.env)]);
+  const handles = [handleIdFor(call.conf, call.env.containerId), legacyHandleId(call.env)];
+  const released = await withHostLock(hostKey(call), () => allocatorFor(call).releaseHandles(handles));
   call.log.info('released', { handle: handleIdFor(call.conf, call.env.containerId), ips: released.map((a) => a.ip) });
   return released;
 }

@@ -1,0 +1,64 @@
+import { describe, expect, it } from 'vitest';
+import { withHostLock } from '../../shared/ipam/host-lock';
+import { ipamAdd, ipamDel, type IpamCall } from '../../shared/ipam/cni-ipam';
+import { readCniEnv } from '../../shared/cni/env';
+import { parseNetConf } from '../../shared/cni/config';
+import { createLogger } from '../../shared/cni/log';
+import { MemoryStore } from '../../shared/store/memory';
+import { addPool } from '../../shared/ipam/pools';
+import { keys } from '../../shared/calico/keys';
+import { checkIpamInvariants } from '../helpers/ipam-invariants';
+
+const tick = () => new Promise<void>((r) => setImmediate(r));
+
+describe('withHostLock', () => {
+  it('runs calls with the same key one at a time, in order, and a failure does not stop the next', async () => {
+    const events: string[] = [];
+    const job = (name: string, fail = false) => async () => {
+      events.push(`${name} start`);
+      await tick();
+      await tick();
+      events.push(`${name} end`);
+      if (fail) throw new Error(`${name} failed`);
+      return name;
+    };
+    const results = await Promise.allSettled([withHostLock('h', job('a')), withHostLock('h', job('b', true)), withHostLock('h', job('c'))]);
+    expect(events).toEqual(['a start', 'a end', 'b start', 'b end', 'c start', 'c end']);
+    expect(results.map((r) => r.status)).toEqual(['fulfilled', 'rejected', 'fulfilled']);
+  });
+
+  it('runs calls with different keys at the same time', async () => {
+    const events: string[] = [];
+    const job = (name: string) => async () => {
+      events.push(`${name} start`);
+      await tick();
+      events.push(`${name} end`);
+    };
+    await Promise.all([withHostLock('h1', job('a')), withHostLock('h2', job('b'))]);
+    expect(events.slice(0, 2)).toEqual(['a start', 'b start']);
+  });
+});
+
+describe('IPAM ADD and DEL of one host in one process (the node agent)', () => {
+  function call(store: MemoryStore, containerId: string, command: 'ADD' | 'DEL', lines: string[]): IpamCall {
+    const env = readCniEnv({ CNI_COMMAND: command, CNI_CONTAINERID: containerId, CNI_NETNS: '/var/run/netns/x', CNI_IFNAME: 'eth0', CNI_PATH: '/opt/cni/bin' });
+    const conf = parseNetConf(JSON.stringify({ cniVersion: '1.0.0', name: 'net1', type: 'calico', ipam: { type: 'calico-ipam' } }));
+    const log = createLogger({ component: 'test', level: 'info', stderr: (l) => lines.push(l) });
+    return { env, conf, version: '1.0.0', log, store, node: 'agent-host' };
+  }
+
+  it('twenty concurrent ADDs each take one attempt (no conflicting transactions), all distinct; their DELs free everything', async () => {
+    const store = new MemoryStore({ interleave: 5 });
+    await addPool(store, { cidr: '10.77.0.0/24' });
+    const lines: string[] = [];
+    const ids = Array.from({ length: 20 }, (_, i) => `c${i}`);
+    const results = await Promise.all(ids.map((id) => ipamAdd(call(store, id, 'ADD', lines))));
+    const ips = results.map((r) => r.ips?.[0]?.address);
+    expect(new Set(ips).size).toBe(20);
+    const attempts = lines.filter((l) => l.includes(' assigned ')).map((l) => /attempts=(\d+)/.exec(l)?.[1]);
+    expect(attempts).toEqual(ids.map(() => '1'));
+    await Promise.all(ids.map((id) => ipamDel(call(store, id, 'DEL', lines))));
+    expect(store.snapshot(keys.handlePrefix).size).toBe(0);
+    expect(checkIpamInvariants(store.snapshot())).toEqual([]);
+  });
+});
