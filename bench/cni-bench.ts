@@ -269,13 +269,28 @@ async function main(): Promise<void> {
     };
     // The self-contained build (scripts/build-binaries.sh --sea), when present, with the http transport.
     const seaDir = path.join(DIST, 'sea');
-    const sea: Contender | undefined = fs.existsSync(path.join(seaDir, 'calico'))
+    // A SEA older than dist/calico is another build: its calls would be refused by the agent, and it would
+    // not measure this code.
+    const seaCurrent = fs.existsSync(path.join(seaDir, 'calico')) && fs.statSync(path.join(seaDir, 'calico')).mtimeMs >= fs.statSync(path.join(DIST, 'calico')).mtimeMs;
+    const sea: Contender | undefined = seaCurrent
       ? {
           label: 'calico-ts SEA build (default etcd_transport "http")',
           network: 'benchsea',
           confDir: path.dirname(writeConf(path.join(tmp, 'sea'), {
             cniVersion: '1.0.0', name: 'benchsea',
             plugins: [{ type: 'calico', etcd_endpoints: etcd.endpoint, nodename: 'bench-node-sea', log_level: 'warn', ipam: { type: 'calico-ipam' } }],
+          })),
+          cniPath: `${seaDir}:${GO}`,
+        }
+      : undefined;
+    // The SEA build as the client of the same agent (both are one build): no script to read at all.
+    const seaAgent: Contender | undefined = seaCurrent
+      ? {
+          label: 'calico-ts SEA build with the node agent',
+          network: 'benchseaagent',
+          confDir: path.dirname(writeConf(path.join(tmp, 'seaagent'), {
+            cniVersion: '1.0.0', name: 'benchseaagent',
+            plugins: [{ type: 'calico', etcd_endpoints: etcd.endpoint, nodename: 'bench-node-seaagent', log_level: 'warn', agent_socket: agent.socket, ipam: { type: 'calico-ipam' } }],
           })),
           cniPath: `${seaDir}:${GO}`,
         }
@@ -303,6 +318,8 @@ async function main(): Promise<void> {
     const seaSeries = { add: [] as number[], del: [] as number[] };
     const agentSeries = { add: [] as number[], del: [] as number[] };
     if (sea) await addDelSeriesN(sea, 'ctsbench-warmsea', 3);
+    if (seaAgent) await addDelSeriesN(seaAgent, 'ctsbench-warmseaagent', 3);
+    const seaAgentSeries = { add: [] as number[], del: [] as number[] };
     for (let round = 0; round < N; round += 5) {
       const o = await addDelSeriesN(ours, `ctsbench-o${round}`, Math.min(5, N - round));
       const g = await addDelSeriesN(go, `ctsbench-g${round}`, Math.min(5, N - round));
@@ -316,6 +333,11 @@ async function main(): Promise<void> {
         const x = await addDelSeriesN(sea, `ctsbench-s${round}`, Math.min(5, N - round));
         seaSeries.add.push(...x.add);
         seaSeries.del.push(...x.del);
+      }
+      if (seaAgent) {
+        const x = await addDelSeriesN(seaAgent, `ctsbench-sa${round}`, Math.min(5, N - round));
+        seaAgentSeries.add.push(...x.add);
+        seaAgentSeries.del.push(...x.del);
       }
       oursSeries.add.push(...o.add);
       oursSeries.del.push(...o.del);
@@ -365,6 +387,7 @@ async function main(): Promise<void> {
       n: N,
       version,
       seaBuild: sea ? { label: sea.label, add: stats(seaSeries.add), del: stats(seaSeries.del), version: version.seaCalico } : 'not built (scripts/build-binaries.sh --sea)',
+      seaBuildWithAgent: seaAgent ? { label: seaAgent.label, add: stats(seaAgentSeries.add), del: stats(seaAgentSeries.del) } : 'not built',
       cnitool: {
         ours: { label: ours.label, add: oAdd, del: oDel },
         oursGrpc: { label: oursGrpc.label, add: rAdd, del: rDel },
@@ -390,7 +413,9 @@ async function main(): Promise<void> {
     if (sea) {
       const sa = stats(seaSeries.add);
       const sd = stats(seaSeries.del);
-      row('SEA build ADD/DEL', `${sa.p50} / ${sd.p50}`, `VERSION ${version.seaCalico?.p50}`, '', '');
+      const xa = stats(seaAgentSeries.add);
+      const xd = stats(seaAgentSeries.del);
+      row('SEA build ADD/DEL', `${sa.p50} / ${sd.p50}`, `VERSION ${version.seaCalico?.p50}`, `${xa.p50} / ${xd.p50}`, '');
     }
     const mb = (kb: number | undefined) => String(Math.round((kb ?? 0) / 1024));
     row('peak RSS ADD (MB)', mb(mem.calicoAddKb), mb(memGrpc.calicoAddKb), `${mb(memAgent.calicoAddKb)} (agent ${mb(memAgent.agentPeakKb)})`, mb(mem.ptpAddKb));

@@ -5,7 +5,11 @@
 #   BENCH_N (30)  BENCH_BURST (50)  BENCH_HOSTS (100)  BENCH_ADDRS (60)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-[ "${1:-}" = --no-setup ] || bash scripts/install-deps.sh --no-runtimes
+# --no-setup: use what is installed and built (dist/sea only if it is as new as dist/calico).
+if [ "${1:-}" != --no-setup ]; then
+  bash scripts/install-deps.sh --no-runtimes
+  bash scripts/build-binaries.sh --sea # the self-contained build is measured too
+fi
 mkdir -p build/bench
 npx --no-install ncc build bench/cni-bench.ts -o build/bench -q --target es2022 >/dev/null
 CALICO_TS_ROOT=$PWD exec env -u NODE_EXTRA_CA_CERTS node build/bench/index.js

@@ -92,6 +92,17 @@ describe('examples against a real etcd and the built plugins', () => {
   });
 });
 
+describe('the node agent example', () => {
+  it('calico-agent.service serves the socket 50-calico-agent.conflist names, from the installed calico binary', () => {
+    const unit = fs.readFileSync(path.join(DIR, 'calico-agent.service'), 'utf8');
+    const execStart = /^ExecStart=(.+)$/m.exec(unit)?.[1]?.trim().split(/\s+/) ?? [];
+    expect(execStart.slice(0, 3)).toEqual(['/opt/cni/bin/calico', 'agent', '--socket']);
+    const conf = parseNetConf(JSON.stringify(calicoConfs('50-calico-agent.conflist')[0]));
+    expect(conf.agent_socket).toBe(execStart[3]);
+    expect(unit).toMatch(/^Restart=always$/m);
+  });
+});
+
 describe('scripts/install.sh', () => {
   it('installs both binaries and the config under --prefix, and --dry-run changes nothing', async () => {
     const prefix = fs.mkdtempSync(path.join(os.tmpdir(), 'cts-install-'));

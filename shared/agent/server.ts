@@ -10,6 +10,7 @@ import net from 'node:net';
 import path from 'node:path';
 import { respond, type PluginSpec } from '../cni/skel';
 import { errorMessage } from '../cni/errors';
+import { serially } from '../sync/serial';
 import { AgentRequestSchema, MAX_REQUEST_BYTES, type AgentReply } from './protocol';
 
 export const DEFAULT_AGENT_SOCKET = '/run/calico-ts/agent.sock';
@@ -77,17 +78,22 @@ async function answer(opts: AgentOptions, raw: string): Promise<AgentReply> {
   const req = AgentRequestSchema.safeParse(parsed);
   if (!req.success) return { refused: 'malformed request' };
   if (req.data.build !== opts.build) return { refused: `this agent runs build ${opts.build}, the caller is build ${req.data.build}` };
-  const started = performance.now();
-  let stderr = '';
-  const reply = await respond(opts.spec, req.data.stdin, {
-    vars: req.data.env,
-    startedAt: started,
-    stderr: (line) => {
-      stderr += line;
-      opts.log(line);
-    },
-  });
   const env = req.data.env;
+  let stderr = '';
+  let started = 0;
+  // The calls of one attachment run in the order they came, as from one runtime: a DEL sent after its
+  // caller gave up on a slow ADD (a process would have been killed) waits for that ADD instead of racing it.
+  const reply = await serially(`attachment:${env.CNI_CONTAINERID ?? ''}/${env.CNI_IFNAME ?? ''}`, () => {
+    started = performance.now();
+    return respond(opts.spec, req.data.stdin, {
+      vars: env,
+      startedAt: started,
+      stderr: (line) => {
+        stderr += line;
+        opts.log(line);
+      },
+    });
+  });
   opts.log(stamp('INFO', `${env.CNI_COMMAND ?? '?'} ${env.CNI_CONTAINERID ?? ''} exit ${reply.status} in ${(performance.now() - started).toFixed(1)} ms`));
   return { ...reply, stderr };
 }

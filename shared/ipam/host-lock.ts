@@ -5,19 +5,8 @@
  * and backs off) into a queue. Other hosts and other processes are still kept apart by the guarded
  * transactions, not by this.
  */
-const tails = new Map<string, Promise<void>>();
+import { serially } from '../sync/serial';
 
-export async function withHostLock<T>(key: string, fn: () => Promise<T>): Promise<T> {
-  const before = tails.get(key) ?? Promise.resolve();
-  let release = (): void => undefined;
-  const mine = new Promise<void>((resolve) => (release = resolve));
-  const tail = before.then(() => mine);
-  tails.set(key, tail);
-  await before;
-  try {
-    return await fn();
-  } finally {
-    release();
-    if (tails.get(key) === tail) tails.delete(key);
-  }
+export function withHostLock<T>(key: string, fn: () => Promise<T>): Promise<T> {
+  return serially(`ipam-host:${key}`, fn);
 }

@@ -1,5 +1,5 @@
 import { describe, expect, it } from 'vitest';
-import { withHostLock } from '../../shared/ipam/host-lock';
+import { serially } from '../../shared/sync/serial';
 import { ipamAdd, ipamDel, type IpamCall } from '../../shared/ipam/cni-ipam';
 import { readCniEnv } from '../../shared/cni/env';
 import { parseNetConf } from '../../shared/cni/config';
@@ -11,7 +11,7 @@ import { checkIpamInvariants } from '../helpers/ipam-invariants';
 
 const tick = () => new Promise<void>((r) => setImmediate(r));
 
-describe('withHostLock', () => {
+describe('serially', () => {
   it('runs calls with the same key one at a time, in order, and a failure does not stop the next', async () => {
     const events: string[] = [];
     const job = (name: string, fail = false) => async () => {
@@ -22,7 +22,7 @@ describe('withHostLock', () => {
       if (fail) throw new Error(`${name} failed`);
       return name;
     };
-    const results = await Promise.allSettled([withHostLock('h', job('a')), withHostLock('h', job('b', true)), withHostLock('h', job('c'))]);
+    const results = await Promise.allSettled([serially('h', job('a')), serially('h', job('b', true)), serially('h', job('c'))]);
     expect(events).toEqual(['a start', 'a end', 'b start', 'b end', 'c start', 'c end']);
     expect(results.map((r) => r.status)).toEqual(['fulfilled', 'rejected', 'fulfilled']);
   });
@@ -34,7 +34,7 @@ describe('withHostLock', () => {
       await tick();
       events.push(`${name} end`);
     };
-    await Promise.all([withHostLock('h1', job('a')), withHostLock('h2', job('b'))]);
+    await Promise.all([serially('h1', job('a')), serially('h2', job('b'))]);
     expect(events.slice(0, 2)).toEqual(['a start', 'b start']);
   });
 });

@@ -1,0 +1,118 @@
+import { spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import net from 'node:net';
+import os from 'node:os';
+import path from 'node:path';
+import { afterAll, beforeAll, describe, expect, it } from 'vitest';
+import { startAgent, type RunningAgent } from '../../shared/agent/server';
+import { callAgent, type AgentOutcome } from '../../shared/launch/agent-client';
+import { CniError, ErrorCode } from '../../shared/cni/errors';
+import type { Context, PluginImpl, PluginSpec } from '../../shared/cni/skel';
+
+/*
+ * The node agent's server with a stand-in plugin: what a call through it runs (the caller's env and
+ * stdin), what it answers, what it refuses, and the order of the calls of one attachment.
+ */
+
+const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'cts-agent-unit-'));
+const events: string[] = [];
+const seen: Context[] = [];
+const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms));
+
+const impl: PluginImpl = {
+  add: async (ctx) => {
+    seen.push(ctx);
+    events.push(`ADD ${ctx.env.containerId} start`);
+    await sleep(ctx.env.containerId === 'slow' ? 150 : 1);
+    events.push(`ADD ${ctx.env.containerId} end`);
+    if (ctx.env.containerId === 'bad') throw new CniError(ErrorCode.InvalidConfig, 'the stand-in refuses container bad');
+    return { cniVersion: ctx.version, ips: [{ address: '10.9.9.9/32' }] };
+  },
+  del: async (ctx) => {
+    events.push(`DEL ${ctx.env.containerId}`);
+  },
+  check: async () => undefined,
+  status: async () => undefined,
+  gc: async () => undefined,
+};
+const spec: PluginSpec = { name: 'calico', about: 'stand-in', load: async () => impl };
+let agent: RunningAgent;
+const log: string[] = [];
+
+function env(command: string, containerId: string): Record<string, string> {
+  return { CNI_COMMAND: command, CNI_CONTAINERID: containerId, CNI_NETNS: '/var/run/netns/x', CNI_IFNAME: 'eth0', CNI_PATH: '/opt/cni/bin', FROM_CALLER: 'yes' };
+}
+
+function request(command: string, containerId: string, build = 'build-1'): Promise<AgentOutcome> {
+  const stdin = JSON.stringify({ cniVersion: '1.0.0', name: 'net1', type: 'calico', ipam: { type: 'calico-ipam' } });
+  return callAgent(agent.socket, { protocol: 1, build, stdin, env: env(command, containerId) }, 10_000);
+}
+
+beforeAll(async () => {
+  agent = await startAgent({ socket: path.join(dir, 'agent.sock'), spec, build: 'build-1', log: (l) => log.push(l) });
+});
+
+afterAll(async () => {
+  await agent.close();
+  fs.rmSync(dir, { recursive: true, force: true });
+});
+
+describe('the node agent server', () => {
+  it("runs a call with the caller's environment and stdin and answers what a plugin process would print", async () => {
+    const out = await request('ADD', 'c1');
+    expect(out.kind).toBe('done');
+    if (out.kind !== 'done') return;
+    expect(out.status).toBe(0);
+    expect(JSON.parse(out.stdout)).toEqual({ cniVersion: '1.0.0', ips: [{ address: '10.9.9.9/32' }] });
+    const ctx = seen.find((c) => c.env.containerId === 'c1');
+    expect(ctx?.env.vars.FROM_CALLER).toBe('yes');
+    expect(ctx?.conf.name).toBe('net1');
+    expect(log.join('')).toMatch(/agent: ADD c1 exit 0 in [\d.]+ ms/);
+  });
+
+  it('a failing call answers exit 1 with the error object, and its log line travels back on stderr', async () => {
+    const out = await request('ADD', 'bad');
+    expect(out.kind).toBe('done');
+    if (out.kind !== 'done') return;
+    expect(out.status).toBe(1);
+    expect(JSON.parse(out.stdout)).toMatchObject({ cniVersion: '1.0.0', code: ErrorCode.InvalidConfig, msg: 'the stand-in refuses container bad' });
+    expect(out.stderr).toMatch(/ADD failed: the stand-in refuses container bad/);
+  });
+
+  it('refuses a caller of another build and a malformed request, and runs nothing for them', async () => {
+    const before = events.length;
+    const other = await request('ADD', 'c2', 'build-2');
+    expect(other).toEqual({ kind: 'unavailable', why: 'the agent refused the call: this agent runs build build-1, the caller is build build-2' });
+    const garbage = await new Promise<string>((resolve) => {
+      const c = net.connect(agent.socket, () => c.end('{"protocol":1,"build":'));
+      let text = '';
+      c.on('data', (d: Buffer) => (text += d.toString('utf8')));
+      c.on('end', () => resolve(text));
+    });
+    expect(JSON.parse(garbage)).toMatchObject({ refused: expect.stringMatching(/malformed request/) });
+    expect(events.length).toBe(before);
+  });
+
+  it('runs the calls of one attachment in order: a DEL sent during a slow ADD waits for it; other containers do not', async () => {
+    events.length = 0;
+    const add = request('ADD', 'slow');
+    await sleep(30);
+    const del = request('DEL', 'slow');
+    const other = request('DEL', 'other');
+    await Promise.all([add, del, other]);
+    expect(events.indexOf('DEL other')).toBeLessThan(events.indexOf('ADD slow end'));
+    expect(events.indexOf('DEL slow')).toBeGreaterThan(events.indexOf('ADD slow end'));
+  });
+
+  it('a second agent on a live socket refuses to start; a socket file nobody serves is replaced', async () => {
+    await expect(startAgent({ socket: agent.socket, spec, build: 'build-1', log: () => undefined })).rejects.toThrow(/another agent is serving/);
+    // A killed agent leaves its socket file behind: a process that listens and is killed at once.
+    const stale = path.join(dir, 'stale.sock');
+    spawnSync(process.execPath, ['-e', `require('net').createServer().listen(${JSON.stringify(stale)}, () => process.kill(process.pid, 'SIGKILL'))`]);
+    expect(fs.statSync(stale).isSocket()).toBe(true);
+    const second = await startAgent({ socket: stale, spec, build: 'build-1', log: () => undefined });
+    expect((await callAgent(stale, { protocol: 1, build: 'build-1', stdin: '{}', env: env('DEL', 'x') }, 5000)).kind).toBe('done');
+    await second.close();
+    expect(fs.existsSync(stale)).toBe(false);
+  });
+});
