@@ -158,21 +158,24 @@ async function rss(etcdEndpoint: string, transport: 'grpc' | 'http', agentSocket
   }
 }
 
+/** VERSION by direct exec, the contenders interleaved run by run so that machine noise hits them alike. */
 async function versionSeries(): Promise<Record<string, Stats>> {
-  const run = async (file: string, args: string[], env: Record<string, string>) => {
-    const out: number[] = [];
-    for (let i = 0; i < 3; i++) await timed(file, args, env, '{"cniVersion":"1.0.0"}');
-    for (let i = 0; i < N; i++) out.push((await timed(file, args, env, '{"cniVersion":"1.0.0"}')).ms);
-    return stats(out);
-  };
   const env = { PATH: CLEAN_PATH, CNI_COMMAND: 'VERSION' };
-  return {
-    calico: await run(path.join(DIST, 'calico'), [], env),
-    calicoIpam: await run(path.join(DIST, 'calico-ipam'), [], env),
-    ptp: await run(path.join(GO, 'ptp'), [], env),
-    nodeNoop: await run(process.execPath, ['-e', '0'], { PATH: CLEAN_PATH }),
-    ...(fs.existsSync(path.join(DIST, 'sea/calico')) ? { seaCalico: await run(path.join(DIST, 'sea/calico'), [], env) } : {}),
+  const runs: Record<string, { file: string; args: string[]; env: Record<string, string> }> = {
+    calico: { file: path.join(DIST, 'calico'), args: [], env },
+    calicoIpam: { file: path.join(DIST, 'calico-ipam'), args: [], env },
+    ptp: { file: path.join(GO, 'ptp'), args: [], env },
+    nodeNoop: { file: process.execPath, args: ['-e', '0'], env: { PATH: CLEAN_PATH } },
+    ...(fs.existsSync(path.join(DIST, 'sea/calico')) ? { seaCalico: { file: path.join(DIST, 'sea/calico'), args: [], env } } : {}),
   };
+  const samples: Record<string, number[]> = Object.fromEntries(Object.keys(runs).map((k) => [k, []]));
+  for (let i = 0; i < N + 3; i++) {
+    for (const [name, r] of Object.entries(runs)) {
+      const t = await timed(r.file, r.args, r.env, '{"cniVersion":"1.0.0"}');
+      if (i >= 3) samples[name]?.push(t.ms); // the first three warm the page cache
+    }
+  }
+  return Object.fromEntries(Object.entries(samples).map(([k, v]) => [k, stats(v)]));
 }
 
 /** Many hosts allocate at once against a 3-member cluster, each host one ADD after another. */
@@ -239,62 +242,27 @@ async function main(): Promise<void> {
     agent = await startAgent({ binary: path.join(DIST, 'calico'), socket: path.join(tmp, 'agent.sock') });
     const pool = await timed(path.join(DIST, 'calico-ipam'), ['pool', 'add', '10.210.0.0/16', '--etcd-endpoints', etcd.endpoint], { PATH: CLEAN_PATH });
     if (pool.code !== 0) throw new Error(pool.stderr);
-    const ours: Contender = {
-      label: 'calico-ts (calico + calico-ipam in-process; default etcd_transport "http")',
-      network: 'benchnet',
-      confDir: path.dirname(writeConf(path.join(tmp, 'ours'), {
-        cniVersion: '1.0.0', name: 'benchnet',
-        plugins: [{ type: 'calico', etcd_endpoints: etcd.endpoint, nodename: 'bench-node', log_level: 'warn', ipam: { type: 'calico-ipam' } }],
+    /** A calico network of its own (name, node name) in its own NETCONFPATH; `extra` is merged into the plugin. */
+    const calico = (label: string, network: string, binDir: string, extra: Record<string, unknown> = {}): Contender => ({
+      label,
+      network,
+      confDir: path.dirname(writeConf(path.join(tmp, network), {
+        cniVersion: '1.0.0', name: network,
+        plugins: [{ type: 'calico', etcd_endpoints: etcd.endpoint, nodename: `node-${network}`, log_level: 'warn', ipam: { type: 'calico-ipam' }, ...extra }],
       })),
-      cniPath: `${DIST}:${GO}`,
-    };
-    const oursGrpc: Contender = {
-      label: 'calico-ts, etcd_transport "grpc" (the etcd3 client)',
-      network: 'benchgrpc',
-      confDir: path.dirname(writeConf(path.join(tmp, 'oursgrpc'), {
-        cniVersion: '1.0.0', name: 'benchgrpc',
-        plugins: [{ type: 'calico', etcd_endpoints: etcd.endpoint, etcd_transport: 'grpc', nodename: 'bench-node-grpc', log_level: 'warn', ipam: { type: 'calico-ipam' } }],
-      })),
-      cniPath: `${DIST}:${GO}`,
-    };
+      cniPath: `${binDir}:${GO}`,
+    });
+    const ours = calico('calico-ts (calico + calico-ipam in-process; default etcd_transport "http")', 'benchnet', DIST);
+    const oursGrpc = calico('calico-ts, etcd_transport "grpc" (the etcd3 client)', 'benchgrpc', DIST, { etcd_transport: 'grpc' });
     // The same binaries with the node agent (`calico agent`) running: each call is a small client process.
-    const oursAgent: Contender = {
-      label: 'calico-ts with the node agent (agent_socket; calico agent running)',
-      network: 'benchagent',
-      confDir: path.dirname(writeConf(path.join(tmp, 'oursagent'), {
-        cniVersion: '1.0.0', name: 'benchagent',
-        plugins: [{ type: 'calico', etcd_endpoints: etcd.endpoint, nodename: 'bench-node-agent', log_level: 'warn', agent_socket: agent.socket, ipam: { type: 'calico-ipam' } }],
-      })),
-      cniPath: `${DIST}:${GO}`,
-    };
-    // The self-contained build (scripts/build-binaries.sh --sea), when present, with the http transport.
+    const oursAgent = calico('calico-ts with the node agent (agent_socket; calico agent running)', 'benchagent', DIST, { agent_socket: agent.socket });
+    // The self-contained build (scripts/build-binaries.sh --sea). A SEA older than dist/calico is another
+    // build: it would not measure this code, and the agent would refuse its calls.
     const seaDir = path.join(DIST, 'sea');
-    // A SEA older than dist/calico is another build: its calls would be refused by the agent, and it would
-    // not measure this code.
     const seaCurrent = fs.existsSync(path.join(seaDir, 'calico')) && fs.statSync(path.join(seaDir, 'calico')).mtimeMs >= fs.statSync(path.join(DIST, 'calico')).mtimeMs;
-    const sea: Contender | undefined = seaCurrent
-      ? {
-          label: 'calico-ts SEA build (default etcd_transport "http")',
-          network: 'benchsea',
-          confDir: path.dirname(writeConf(path.join(tmp, 'sea'), {
-            cniVersion: '1.0.0', name: 'benchsea',
-            plugins: [{ type: 'calico', etcd_endpoints: etcd.endpoint, nodename: 'bench-node-sea', log_level: 'warn', ipam: { type: 'calico-ipam' } }],
-          })),
-          cniPath: `${seaDir}:${GO}`,
-        }
-      : undefined;
+    const sea = seaCurrent ? calico('calico-ts SEA build (default etcd_transport "http")', 'benchsea', seaDir) : undefined;
     // The SEA build as the client of the same agent (both are one build): no script to read at all.
-    const seaAgent: Contender | undefined = seaCurrent
-      ? {
-          label: 'calico-ts SEA build with the node agent',
-          network: 'benchseaagent',
-          confDir: path.dirname(writeConf(path.join(tmp, 'seaagent'), {
-            cniVersion: '1.0.0', name: 'benchseaagent',
-            plugins: [{ type: 'calico', etcd_endpoints: etcd.endpoint, nodename: 'bench-node-seaagent', log_level: 'warn', agent_socket: agent.socket, ipam: { type: 'calico-ipam' } }],
-          })),
-          cniPath: `${seaDir}:${GO}`,
-        }
-      : undefined;
+    const seaAgent = seaCurrent ? calico('calico-ts SEA build with the node agent', 'benchseaagent', seaDir, { agent_socket: agent.socket }) : undefined;
     const go: Contender = {
       label: 'Go reference (ptp + host-local)',
       network: 'gobench',

@@ -4,7 +4,7 @@
  */
 import { CniError, ErrorCode, errorObject, loggedErrors, toCniError } from './errors';
 import { CURRENT_VERSION, SUPPORTED_VERSIONS } from './version';
-import { readStdinSync } from './stdin';
+import { readStdinSync } from './stdio';
 import { takeHandedStdin } from '../launch/handover';
 import type { CniEnv } from './env';
 import type { NetConf } from './config';

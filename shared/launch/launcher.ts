@@ -1,13 +1,15 @@
 /**
- * The first code of each binary. The plugin rides behind this launcher in block comments, one per part
- * (scripts/pack-payload.mjs):
+ * The first code of each binary. The `#!` line (scripts/build-binaries.sh) reads the head of the file and
+ * evaluates this launcher alone, so node never loads the whole file as a script. The plugin rides behind
+ * the launcher in block comments, one per part (scripts/pack-payload.mjs):
  *   - `main`, the plugin (an ncc bundle) as plain JavaScript, so an ADD or DEL neither decodes nor
  *     decompresses anything;
  *   - its lazily loaded chunks (today only the etcd3/gRPC datastore client, ~1.5 MB), brotli-compressed
  *     and base64-encoded, since only `etcd_transport: grpc` ever loads them.
- * VERSION (podman asks before every ADD and DEL) is answered here, before any part is compiled. Every other
- * call compiles `main` with a V8 code cache kept in /var/cache/calico-ts (or CALICO_TS_CACHE_DIR;
- * CALICO_TS_CODE_CACHE=0 turns it off), which spares most of the compile time on every later start.
+ * The launcher answers VERSION (podman asks before every ADD and DEL) without reading any part, and hands a
+ * call to the node agent when the config names one (agent_socket) and it answers. Every other call compiles
+ * `main` with a V8 code cache kept in /var/cache/calico-ts (or CALICO_TS_CACHE_DIR; CALICO_TS_CODE_CACHE=0
+ * turns it off), which spares most of the compile time on every later start.
  * In a single executable application (scripts/build-binaries.sh --sea) this launcher is the main script and
  * the same parts are its asset "parts": there require() loads only built-in modules, not the chunk files.
  */
@@ -15,7 +17,7 @@ import fs from 'node:fs';
 import path from 'node:path';
 import type vm from 'node:vm';
 import { CURRENT_VERSION, SUPPORTED_VERSIONS } from '../cni/version';
-import { readStdinSync } from '../cni/stdin';
+import { readStdinSync, writeAllSync } from '../cni/stdio';
 import { agentSocketOf, callAgent } from './agent-client';
 import { handBuildId, handStdin } from './handover';
 
@@ -41,14 +43,12 @@ const inSea = (): boolean => __filename === process.execPath && lazy.sea().isSea
 type ModuleFn = (e: object, r: NodeJS.Require, m: { exports: unknown }, f: string, d: string) => void;
 
 function answerVersion(): void {
-  if (!process.stdin.isTTY) {
-    try {
-      fs.readFileSync(0);
-    } catch {
-      // nothing to drain
-    }
+  try {
+    readStdinSync(); // drained, as libcni's skel does
+  } catch {
+    // nothing to drain
   }
-  process.stdout.write(`${JSON.stringify({ cniVersion: CURRENT_VERSION, supportedVersions: SUPPORTED_VERSIONS })}\n`);
+  writeAllSync(1, `${JSON.stringify({ cniVersion: CURRENT_VERSION, supportedVersions: SUPPORTED_VERSIONS })}\n`);
 }
 
 /**
@@ -179,9 +179,9 @@ function fail(e: unknown): never {
   process.exit(1);
 }
 
-function exitWith(status: number, stdout: string): void {
-  if (stdout === '') process.exit(status);
-  process.stdout.write(stdout, () => process.exit(status));
+function exitWith(status: number, stdout: string): never {
+  writeAllSync(1, stdout);
+  process.exit(status);
 }
 
 function sniffVersion(stdin: string): string {
@@ -207,23 +207,22 @@ async function viaAgent(): Promise<boolean> {
   const outcome = await callAgent(socket, { protocol: 1, build: BUILD_ID, stdin, env: process.env }, deadline);
   const name = path.basename(process.argv[1] ?? 'calico');
   if (outcome.kind === 'unavailable') {
-    process.stderr.write(`${new Date().toISOString()} [WARN][${process.pid}] ${name}: node agent at ${socket} not used (${outcome.why}); running the call in this process\n`);
+    writeAllSync(2, `${new Date().toISOString()} [WARN][${process.pid}] ${name}: node agent at ${socket} not used (${outcome.why}); running the call in this process\n`);
     return false;
   }
   if (outcome.kind === 'lost') {
     // Not run again here: the agent may have done part of it. The runtime's DEL, then a new ADD, repair that.
     const msg = `the node agent at ${socket} did not answer (${outcome.why}); the call may be half done: try again`;
-    process.stderr.write(`${new Date().toISOString()} [ERROR][${process.pid}] ${name}: ${msg}\n`);
+    writeAllSync(2, `${new Date().toISOString()} [ERROR][${process.pid}] ${name}: ${msg}\n`);
     exitWith(1, `${JSON.stringify({ cniVersion: sniffVersion(stdin), code: 11, msg }, null, 4)}\n`);
-    return true;
   }
-  if (outcome.stderr !== '') process.stderr.write(outcome.stderr);
+  writeAllSync(2, outcome.stderr);
   exitWith(outcome.status, outcome.stdout);
-  return true;
 }
 
 async function main(): Promise<void> {
   // A single executable application's argv[1] is its argv[0], which need not be a path (a PATH lookup).
+  // From the #! line (see scripts/build-binaries.sh) this code is evaluated, not required: argv[1] is the file.
   const self = __filename === process.execPath ? process.execPath : fs.realpathSync(process.argv[1] ?? __filename);
   const command = process.env.CNI_COMMAND;
   if (command === 'VERSION') return answerVersion();
