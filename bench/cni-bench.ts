@@ -340,7 +340,8 @@ async function main(): Promise<void> {
         { what: `${BURST} parallel ADDs total <= 3000 ms`, value: Number(b.addTotalMs), limit: 3000 },
         { what: `${BURST} parallel ADDs all succeed with distinct addresses`, value: Number(b.addOk === BURST && b.distinctAddresses === BURST), limit: 1, atLeast: true },
         { what: 'steady-state ADD etcd round trips <= 3', value: Number(scale.steadyStateRoundTrips), limit: 3 },
-        { what: 'one plugin process peak RSS <= 60 MB', value: Math.round(Math.max(m.calicoAddKb ?? 0, m.calicoDelKb ?? 0) / 1024), limit: 60 },
+        // With the agent, its own peak counts too: it is the process that runs the plugin.
+        { what: 'one plugin process peak RSS <= 60 MB', value: Math.round(Math.max(m.calicoAddKb ?? 0, m.calicoDelKb ?? 0, m.agentPeakKb ?? 0) / 1024), limit: 60 },
         { what: 'IPAM scale: 0 duplicate addresses', value: Number(scale.duplicates), limit: 0 },
       ].map((t) => ({ config: label, ...t, met: 'atLeast' in t && t.atLeast ? t.value >= t.limit : t.value <= t.limit }));
     const targets = [

@@ -30,11 +30,13 @@ trap 'rm -rf "$NCC"' EXIT
 # agent, or reads the parts it needs itself. `node calico` still works: the file is a valid script.
 # Linux reads at most 255 bytes of a "#!" line, and the launcher must end within the head: both checked.
 HEAD=32768
-SHEBANG="#!/usr/bin/env -S -u NODE_EXTRA_CA_CERTS node -e 'b=Buffer.alloc($HEAD);require(\"fs\").readSync(require(\"fs\").openSync(process.argv[1]),b);s=b.latin1Slice();(0,eval)(s.slice(s.indexOf(\"\\n\"),s.indexOf(\"\\n/*CALICO-TS-PART\")))'"
+# Within an arrow function, so the head and the descriptor are not left in globals for the process's life.
+SHEBANG="#!/usr/bin/env -S -u NODE_EXTRA_CA_CERTS node -e '((f,b,d)=>{f.readSync(d,b);f.closeSync(d);b=b.latin1Slice();(0,eval)(b.slice(b.indexOf(\"\\n\"),b.indexOf(\"\\n/*CALICO-TS-PART\")))})(require(\"fs\"),Buffer.alloc($HEAD),require(\"fs\").openSync(process.argv[1]))'"
 ncc() { npx --no-install ncc build "$1" -o "$2" -q -m --target es2022 >/dev/null && [ -s "$2/index.js" ]; }
 
 ncc shared/launch/launcher.ts "$NCC/launcher"
 [ ${#SHEBANG} -le 255 ] || { echo "build: the #! line is ${#SHEBANG} bytes; Linux reads at most 255" >&2; exit 1; }
+LC_ALL=C grep -q '[^[:print:][:space:]]' "$NCC/launcher/index.js" && { echo "build: the launcher is not ASCII; the #! line reads it as latin1" >&2; exit 1; }
 launcher_bytes=$(($(stat -c %s "$NCC/launcher/index.js") + ${#SHEBANG} + 1024))
 [ "$launcher_bytes" -le "$HEAD" ] || { echo "build: the launcher ($launcher_bytes bytes with the #! line) must fit in the $HEAD bytes the #! line reads" >&2; exit 1; }
 for p in calico calico-ipam; do

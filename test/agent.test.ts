@@ -69,10 +69,12 @@ async function fakeAgent(reply: (conn: net.Socket, request: string) => void): Pr
   const requests: string[] = [];
   const server = net.createServer((conn) => {
     let text = '';
-    conn.on('data', (d: Buffer) => (text += d.toString('utf8')));
-    conn.on('end', () => {
-      requests.push(text);
-      reply(conn, text);
+    conn.on('data', (d: Buffer) => {
+      text += d.toString('utf8');
+      if (text.endsWith('\n')) {
+        requests.push(text);
+        reply(conn, text);
+      }
     });
   });
   await new Promise<void>((resolve) => server.listen(socket, resolve));
@@ -219,7 +221,7 @@ describe('calico agent', () => {
     expect(stdout).not.toContain('eth0');
   });
 
-  it('SIGTERM stops the agent and removes its socket; calls then run in their own process', async () => {
+  it('SIGTERM stops the agent and removes its socket', async () => {
     const second = await startAgent({ socket: path.join(tmp, 'second.sock') });
     expect(fs.existsSync(second.socket)).toBe(true);
     await second.stop();

@@ -13,9 +13,13 @@ the agent is not there (or is of another build), so stopping the agent never sto
 
 /** `calico agent`: serves until SIGTERM or SIGINT, then lets the calls in flight finish. */
 export async function main(argv: string[], spec: PluginSpec): Promise<number> {
-  if (argv[0] !== 'agent' || argv.includes('--help') || argv.includes('-h')) {
+  if (argv[0] !== 'agent') {
+    process.stderr.write(`calico: unknown command ${JSON.stringify(argv[0])}\n${HELP}`);
+    return 2;
+  }
+  if (argv.includes('--help') || argv.includes('-h')) {
     process.stdout.write(HELP);
-    return argv[0] === 'agent' ? 0 : 2;
+    return 0;
   }
   const at = argv.indexOf('--socket');
   const socket = at >= 0 ? argv[at + 1] : DEFAULT_AGENT_SOCKET;

@@ -5,8 +5,9 @@
  * nothing but node:net.
  */
 import * as z from 'zod/mini';
+import { AGENT_PROTOCOL } from '../launch/agent-client';
 
-export const AGENT_PROTOCOL = 1;
+export { AGENT_PROTOCOL };
 
 /** Requests are a config and an environment; anything much larger is not a CNI call. */
 export const MAX_REQUEST_BYTES = 4 * 1024 * 1024;
@@ -17,6 +18,8 @@ export const AgentRequestSchema = z.object({
   build: z.string(),
   stdin: z.string(),
   env: z.record(z.string(), z.string()),
+  /** The caller's mount and PID namespaces (agent-client namespacesOf). */
+  namespaces: z.record(z.string(), z.string()),
 });
 export type AgentRequest = z.infer<typeof AgentRequestSchema>;
 

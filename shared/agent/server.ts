@@ -10,7 +10,10 @@ import net from 'node:net';
 import path from 'node:path';
 import { respond, type PluginSpec } from '../cni/skel';
 import { errorMessage } from '../cni/errors';
+import { namespacesOf } from '../launch/agent-client';
 import { serially } from '../sync/serial';
+import { CniError, ErrorCode, errorObject } from '../cni/errors';
+import { sniffVersion } from '../cni/version';
 import { AgentRequestSchema, MAX_REQUEST_BYTES, type AgentReply } from './protocol';
 
 export const DEFAULT_AGENT_SOCKET = '/run/calico-ts/agent.sock';
@@ -68,7 +71,17 @@ function listenPrivately(server: net.Server, socket: string): Promise<void> {
   }).finally(() => process.umask(old));
 }
 
-async function answer(opts: AgentOptions, raw: string): Promise<AgentReply> {
+/** What one connection's call needs to know about its connection and the agent. */
+interface CallState {
+  /** The caller hung up (its deadline passed, or it was killed). */
+  gone(): boolean;
+  /** The agent is stopping: refuse, so the caller runs the call itself. */
+  closing(): boolean;
+}
+
+const OWN_NAMESPACES = JSON.stringify(namespacesOf(fs));
+
+async function answer(opts: AgentOptions, raw: string, state: CallState): Promise<AgentReply> {
   let parsed: unknown;
   try {
     parsed = JSON.parse(raw);
@@ -77,14 +90,25 @@ async function answer(opts: AgentOptions, raw: string): Promise<AgentReply> {
   }
   const req = AgentRequestSchema.safeParse(parsed);
   if (!req.success) return { refused: 'malformed request' };
+  if (state.closing()) return { refused: 'the agent is shutting down' };
   if (req.data.build !== opts.build) return { refused: `this agent runs build ${opts.build}, the caller is build ${req.data.build}` };
+  if (JSON.stringify(req.data.namespaces) !== OWN_NAMESPACES) {
+    return { refused: `the caller runs in other mount or PID namespaces (${JSON.stringify(req.data.namespaces)}), where its paths mean other files` };
+  }
   const env = req.data.env;
   let stderr = '';
   let started = 0;
   // The calls of one attachment run in the order they came, as from one runtime: a DEL sent after its
   // caller gave up on a slow ADD (a process would have been killed) waits for that ADD instead of racing it.
-  const reply = await serially(`attachment:${env.CNI_CONTAINERID ?? ''}/${env.CNI_IFNAME ?? ''}`, () => {
+  const reply = await serially(`attachment:${env.CNI_CONTAINERID ?? ''}/${env.CNI_IFNAME ?? ''}`, async () => {
     started = performance.now();
+    // A queued call whose caller gave up is not run: nobody would hear its result, and the runtime
+    // follows a failed ADD with a DEL. A DEL still runs (it only removes, and may be repeated).
+    if (state.gone() && env.CNI_COMMAND !== 'DEL') {
+      const err = new CniError(ErrorCode.TryAgainLater, 'the caller went away before the call started; not run');
+      opts.log(stamp('WARN', `${env.CNI_COMMAND ?? '?'} ${env.CNI_CONTAINERID ?? ''}: ${err.message}`));
+      return { status: 1, stdout: JSON.stringify(errorObject(err, sniffVersion(req.data.stdin))) };
+    }
     return respond(opts.spec, req.data.stdin, {
       vars: env,
       startedAt: started,
@@ -98,29 +122,51 @@ async function answer(opts: AgentOptions, raw: string): Promise<AgentReply> {
   return { ...reply, stderr };
 }
 
-function serve(opts: AgentOptions, conn: net.Socket, inFlight: Set<Promise<void>>): void {
+/**
+ * One connection: a request line, then the reply. The caller keeps its side open until it has the reply,
+ * so its end before that (its deadline passed, it was killed) means it went away.
+ */
+function serve(opts: AgentOptions, conn: net.Socket, inFlight: Set<Promise<void>>, closing: () => boolean): void {
   const chunks: Buffer[] = [];
   let size = 0;
+  let started = false;
+  let gone = false;
+  const reply = (r: AgentReply) => {
+    // Half-open sockets are never closed for us: one whose caller is gone is closed here, or the agent
+    // would wait for it forever when it stops.
+    if (gone || conn.destroyed) conn.destroy();
+    else conn.end(JSON.stringify(r) + '\n');
+  };
+  const start = (line: string) => {
+    started = true;
+    conn.removeAllListeners('data');
+    const work = answer(opts, line, { gone: () => gone, closing })
+      .catch((e: unknown): AgentReply => ({ refused: `agent failure: ${errorMessage(e)}` }))
+      .then(reply)
+      .finally(() => inFlight.delete(work));
+    inFlight.add(work);
+  };
   conn.on('data', (d: Buffer) => {
     size += d.length;
     if (size > MAX_REQUEST_BYTES) {
-      conn.end(JSON.stringify({ refused: `request larger than ${MAX_REQUEST_BYTES} bytes` }) + '\n');
+      started = true;
       conn.removeAllListeners('data');
+      reply({ refused: `request larger than ${MAX_REQUEST_BYTES} bytes` });
       return;
     }
     chunks.push(d);
+    const nl = d.indexOf(0x0a);
+    if (nl >= 0) start(Buffer.concat(chunks).toString('utf8', 0, size - d.length + nl));
   });
   conn.on('error', () => conn.destroy());
   conn.once('end', () => {
-    if (size > MAX_REQUEST_BYTES) return;
-    const work = answer(opts, Buffer.concat(chunks).toString('utf8'))
-      .catch((e: unknown): AgentReply => ({ refused: `agent failure: ${errorMessage(e)}` }))
-      .then((reply) => {
-        if (!conn.destroyed) conn.end(JSON.stringify(reply) + '\n');
-      })
-      .finally(() => inFlight.delete(work));
-    inFlight.add(work);
+    // Ended before a whole line: the caller is gone, or sent something that is not a request.
+    if (!started) {
+      started = true;
+      conn.destroy();
+    } else gone = true;
   });
+  conn.once('close', () => (gone = true));
 }
 
 export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
@@ -129,16 +175,22 @@ export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
   await import(/* webpackMode: "eager" */ '../cni/invoke');
   await claimSocketPath(opts.socket);
   const inFlight = new Set<Promise<void>>();
-  // Half-open: the client ends its side once the request is written, and the reply still has to go back.
-  const server = net.createServer({ allowHalfOpen: true }, (conn) => serve(opts, conn, inFlight));
+  let closing = false;
+  // Half-open, so that a caller's end is seen as it going away rather than ending the connection at once.
+  const server = net.createServer({ allowHalfOpen: true }, (conn) => serve(opts, conn, inFlight, () => closing));
   await listenPrivately(server, opts.socket);
+  // After listen, errors (an accept failing with EMFILE) are logged; they must not end every call in flight.
+  server.on('error', (e) => opts.log(stamp('ERROR', `socket ${opts.socket}: ${errorMessage(e)}`)));
   fs.chmodSync(opts.socket, 0o600);
   opts.log(stamp('INFO', `serving ${opts.spec.name} calls on ${opts.socket} (build ${opts.build})`));
   return {
     socket: opts.socket,
     close: async () => {
+      // Keep accepting while the calls in flight finish, refusing new ones (their callers then run them
+      // themselves) rather than resetting connections already queued on the socket.
+      closing = true;
+      while (inFlight.size > 0) await Promise.allSettled([...inFlight]);
       await new Promise<void>((resolve) => server.close(() => resolve()));
-      await Promise.allSettled([...inFlight]);
       fs.rmSync(opts.socket, { force: true });
     },
   };

@@ -3,8 +3,9 @@
  * VERSION, which podman calls before every ADD and DEL, is answered before anything heavy is loaded.
  */
 import { CniError, ErrorCode, errorObject, loggedErrors, toCniError } from './errors';
-import { CURRENT_VERSION, SUPPORTED_VERSIONS } from './version';
+import { CURRENT_VERSION, SUPPORTED_VERSIONS, sniffVersion } from './version';
 import { readStdinSync } from './stdio';
+import { deadlineMs } from './deadline';
 import { takeHandedStdin } from '../launch/handover';
 import type { CniEnv } from './env';
 import type { NetConf } from './config';
@@ -53,31 +54,16 @@ function readStdin(): string {
   }
 }
 
-/** Best effort: the version to stamp on an error printed before the config was validated. */
-export function sniffVersion(stdin: string): string {
-  try {
-    const v: unknown = (JSON.parse(stdin) as { cniVersion?: unknown }).cniVersion;
-    return typeof v === 'string' && /^\d+\.\d+\.\d+$/.test(v) ? v : CURRENT_VERSION;
-  } catch {
-    return CURRENT_VERSION;
-  }
-}
-
 function writeStdout(text: string): Promise<void> {
   return new Promise((resolve) => {
     process.stdout.write(text, () => resolve());
   });
 }
 
-/**
- * A backstop so no call can hang a runtime: past the deadline the call fails with "try again later" (the
- * runtime then DELs, and DEL and GC remove whatever was half made). Datastore requests have their own,
- * much shorter deadlines (CALICO_ETCD_TIMEOUT_MS, 5 s per request and endpoint).
- */
-export const DEFAULT_DEADLINE_MS = 60_000;
+export { DEFAULT_DEADLINE_MS } from './deadline';
 
 function armDeadline(spec: PluginSpec, version: () => string): void {
-  const ms = Number(process.env.CALICO_TS_DEADLINE_MS) > 0 ? Number(process.env.CALICO_TS_DEADLINE_MS) : DEFAULT_DEADLINE_MS;
+  const ms = deadlineMs(process.env);
   const timer = setTimeout(() => {
     const err = new CniError(ErrorCode.TryAgainLater, `${spec.name} did not finish within ${ms} ms; giving up`);
     process.stderr.write(`${new Date().toISOString()} [ERROR][${process.pid}] ${spec.name}: ${err.message}\n`);

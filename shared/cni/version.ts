@@ -6,6 +6,16 @@ export type CniVersion = (typeof SUPPORTED_VERSIONS)[number];
 /** The spec version this implementation follows; VERSION answers with it, as libcni's skel does. */
 export const CURRENT_VERSION: CniVersion = '1.1.0';
 
+/** Best effort: the version to stamp on an error printed before the config was validated. */
+export function sniffVersion(stdin: string): string {
+  try {
+    const v: unknown = (JSON.parse(stdin) as { cniVersion?: unknown }).cniVersion;
+    return typeof v === 'string' && /^\d+\.\d+\.\d+$/.test(v) ? v : CURRENT_VERSION;
+  } catch {
+    return CURRENT_VERSION;
+  }
+}
+
 const SEMVER = /^(\d+)\.(\d+)\.(\d+)$/;
 
 export function parseVersion(v: string): [number, number, number] {

@@ -3,7 +3,26 @@
  * else, and reads the agent's reply by hand rather than with zod: a call through the agent must stay a
  * small process.
  */
+import type fsType from 'node:fs';
 import type net from 'node:net';
+
+export const AGENT_PROTOCOL = 1;
+
+/**
+ * The mount and PID namespaces a process runs in. The agent resolves paths (CNI_NETNS, certificates, log
+ * files) in its own: a caller in other namespaces (a containerised runtime) must run its calls itself.
+ */
+export function namespacesOf(fs: typeof fsType, pid: string | number = 'self'): Record<string, string> {
+  const out: Record<string, string> = {};
+  for (const ns of ['mnt', 'pid']) {
+    try {
+      out[ns] = fs.readlinkSync(`/proc/${pid}/ns/${ns}`);
+    } catch {
+      out[ns] = 'unknown';
+    }
+  }
+  return out;
+}
 
 export type AgentOutcome =
   | { kind: 'done'; status: number; stdout: string; stderr: string }
@@ -51,9 +70,11 @@ export function callAgent(socket: string, request: object, timeoutMs: number): P
       resolve(o);
     };
     const timer = setTimeout(() => finish({ kind: 'lost', why: `no answer within ${timeoutMs} ms` }), timeoutMs);
+    // One line; the connection stays open until the reply, since the agent takes its end as this caller
+    // going away (then a call still queued there is not run).
     conn.once('connect', () => {
       sent = true;
-      conn.end(JSON.stringify(request) + '\n');
+      conn.write(JSON.stringify(request) + '\n');
     });
     conn.on('data', (d: Buffer) => chunks.push(d));
     conn.once('error', (e) => finish(sent ? { kind: 'lost', why: e.message } : { kind: 'unavailable', why: e.message }));

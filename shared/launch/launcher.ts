@@ -16,10 +16,11 @@
 import fs from 'node:fs';
 import path from 'node:path';
 import type vm from 'node:vm';
-import { CURRENT_VERSION, SUPPORTED_VERSIONS } from '../cni/version';
+import { CURRENT_VERSION, SUPPORTED_VERSIONS, sniffVersion } from '../cni/version';
+import { deadlineMs } from '../cni/deadline';
 import { readStdinSync, writeAllSync } from '../cni/stdio';
-import { agentSocketOf, callAgent } from './agent-client';
-import { handBuildId, handStdin } from './handover';
+import { AGENT_PROTOCOL, agentSocketOf, callAgent, namespacesOf } from './agent-client';
+import { handBuildId, handStdin, takeHandedStdin } from './handover';
 
 // Every other built-in module is required where it is used: VERSION must not pay for loading them.
 const lazy = {
@@ -59,7 +60,13 @@ function reexec(self: string): never {
   // A single executable application reads its parts from its own mapped image: they cannot change.
   if (inSea()) throw new Error(`${self}: parts of another build (rebuild with scripts/build-binaries.sh --sea)`);
   if (process.env.CALICO_TS_REEXEC === '1') throw new Error(`${self} keeps changing while it starts; retry`);
-  const r = lazy.childProcess().spawnSync(process.execPath, [self, ...process.argv.slice(2)], { stdio: 'inherit', env: { ...process.env, CALICO_TS_REEXEC: '1' } });
+  // stdin was read already (the plugin's config): it goes to the new file as input.
+  const input = takeHandedStdin();
+  const r = lazy.childProcess().spawnSync(process.execPath, [self, ...process.argv.slice(2)], {
+    stdio: [input === undefined ? 'inherit' : 'pipe', 'inherit', 'inherit'],
+    ...(input === undefined ? {} : { input }),
+    env: { ...process.env, CALICO_TS_REEXEC: '1' },
+  });
   process.exit(r.status ?? 1);
 }
 
@@ -179,45 +186,44 @@ function fail(e: unknown): never {
   process.exit(1);
 }
 
-function exitWith(status: number, stdout: string): never {
+function exitWith(status: number, stdout: string, stderr: string): never {
   writeAllSync(1, stdout);
+  try {
+    writeAllSync(2, stderr);
+  } catch {
+    // the log is best effort; the answer is on stdout
+  }
   process.exit(status);
 }
 
-function sniffVersion(stdin: string): string {
-  const m = /"cniVersion"\s*:\s*"(\d+\.\d+\.\d+)"/.exec(stdin);
-  return m?.[1] ?? CURRENT_VERSION;
-}
-
 /**
- * Hands the call to the node agent when the config names one (agent_socket) and it answers. Returns false
- * when this process must run the call itself; stdin, already read, is handed to the plugin then.
+ * Hands the call to the node agent when the config names one (agent_socket) and it answers, and then
+ * exits. Returns when this process must run the call itself, with stdin (already read) handed to the plugin.
  */
-async function viaAgent(): Promise<boolean> {
+async function viaAgent(): Promise<void> {
   let stdin: string;
   try {
     stdin = readStdinSync();
   } catch {
-    return false; // the plugin reads again and reports the failure as a CNI error
+    return; // the plugin reads again and reports the failure as a CNI error
   }
   handStdin(stdin);
   const socket = agentSocketOf(stdin);
-  if (!socket) return false;
-  const deadline = Number(process.env.CALICO_TS_DEADLINE_MS) > 0 ? Number(process.env.CALICO_TS_DEADLINE_MS) : 60_000;
-  const outcome = await callAgent(socket, { protocol: 1, build: BUILD_ID, stdin, env: process.env }, deadline);
+  if (!socket) return;
+  const request = { protocol: AGENT_PROTOCOL, build: BUILD_ID, stdin, env: process.env, namespaces: namespacesOf(fs) };
+  const outcome = await callAgent(socket, request, deadlineMs(process.env));
   const name = path.basename(process.argv[1] ?? 'calico');
+  const logLine = (level: string, msg: string) => `${new Date().toISOString()} [${level}][${process.pid}] ${name}: ${msg}\n`;
   if (outcome.kind === 'unavailable') {
-    writeAllSync(2, `${new Date().toISOString()} [WARN][${process.pid}] ${name}: node agent at ${socket} not used (${outcome.why}); running the call in this process\n`);
-    return false;
+    writeAllSync(2, logLine('WARN', `node agent at ${socket} not used (${outcome.why}); running the call in this process`));
+    return;
   }
   if (outcome.kind === 'lost') {
     // Not run again here: the agent may have done part of it. The runtime's DEL, then a new ADD, repair that.
     const msg = `the node agent at ${socket} did not answer (${outcome.why}); the call may be half done: try again`;
-    writeAllSync(2, `${new Date().toISOString()} [ERROR][${process.pid}] ${name}: ${msg}\n`);
-    exitWith(1, `${JSON.stringify({ cniVersion: sniffVersion(stdin), code: 11, msg }, null, 4)}\n`);
+    exitWith(1, `${JSON.stringify({ cniVersion: sniffVersion(stdin), code: 11, msg }, null, 4)}\n`, logLine('ERROR', msg));
   }
-  writeAllSync(2, outcome.stderr);
-  exitWith(outcome.status, outcome.stdout);
+  exitWith(outcome.status, outcome.stdout, outcome.stderr);
 }
 
 async function main(): Promise<void> {
@@ -227,7 +233,7 @@ async function main(): Promise<void> {
   const command = process.env.CNI_COMMAND;
   if (command === 'VERSION') return answerVersion();
   handBuildId(BUILD_ID);
-  if (command && (await viaAgent())) return;
+  if (command) await viaAgent();
   run(self);
 }
 

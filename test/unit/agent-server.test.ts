@@ -5,7 +5,7 @@ import os from 'node:os';
 import path from 'node:path';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { startAgent, type RunningAgent } from '../../shared/agent/server';
-import { callAgent, type AgentOutcome } from '../../shared/launch/agent-client';
+import { callAgent, namespacesOf, type AgentOutcome } from '../../shared/launch/agent-client';
 import { CniError, ErrorCode } from '../../shared/cni/errors';
 import type { Context, PluginImpl, PluginSpec } from '../../shared/cni/skel';
 
@@ -45,7 +45,7 @@ function env(command: string, containerId: string): Record<string, string> {
 
 function request(command: string, containerId: string, build = 'build-1'): Promise<AgentOutcome> {
   const stdin = JSON.stringify({ cniVersion: '1.0.0', name: 'net1', type: 'calico', ipam: { type: 'calico-ipam' } });
-  return callAgent(agent.socket, { protocol: 1, build, stdin, env: env(command, containerId) }, 10_000);
+  return callAgent(agent.socket, { protocol: 1, build, stdin, env: env(command, containerId), namespaces: namespacesOf(fs) }, 10_000);
 }
 
 beforeAll(async () => {
@@ -84,7 +84,7 @@ describe('the node agent server', () => {
     const other = await request('ADD', 'c2', 'build-2');
     expect(other).toEqual({ kind: 'unavailable', why: 'the agent refused the call: this agent runs build build-1, the caller is build build-2' });
     const garbage = await new Promise<string>((resolve) => {
-      const c = net.connect(agent.socket, () => c.end('{"protocol":1,"build":'));
+      const c = net.connect(agent.socket, () => c.write('{"protocol":1,"build":\n'));
       let text = '';
       c.on('data', (d: Buffer) => (text += d.toString('utf8')));
       c.on('end', () => resolve(text));
@@ -104,6 +104,49 @@ describe('the node agent server', () => {
     expect(events.indexOf('DEL slow')).toBeGreaterThan(events.indexOf('ADD slow end'));
   });
 
+  it('refuses a caller in other mount or PID namespaces (its paths would mean other files here)', async () => {
+    const stdin = JSON.stringify({ cniVersion: '1.0.0', name: 'net1', type: 'calico', ipam: { type: 'calico-ipam' } });
+    const foreign = { mnt: 'mnt:[4026531841]', pid: 'pid:[4026531836]' };
+    const out = await callAgent(agent.socket, { protocol: 1, build: 'build-1', stdin, env: env('ADD', 'c-foreign'), namespaces: foreign }, 5000);
+    expect(out).toMatchObject({ kind: 'unavailable', why: expect.stringMatching(/other mount or PID namespaces/) });
+    expect(seen.some((c) => c.env.containerId === 'c-foreign')).toBe(false);
+  });
+
+  it('does not run a queued ADD whose caller hung up before its turn', async () => {
+    events.length = 0;
+    const first = request('ADD', 'slow');
+    await sleep(30);
+    const stdin = JSON.stringify({ cniVersion: '1.0.0', name: 'net1', type: 'calico', ipam: { type: 'calico-ipam' } });
+    const body = JSON.stringify({ protocol: 1, build: 'build-1', stdin, env: env('ADD', 'slow'), namespaces: namespacesOf(fs) });
+    await new Promise<void>((resolve) => {
+      const c = net.connect(agent.socket, () => {
+        c.write(`${body}\n`);
+        setTimeout(() => {
+          c.destroy();
+          resolve();
+        }, 20);
+      });
+    });
+    await first;
+    await sleep(50);
+    expect(events.filter((e) => e === 'ADD slow start')).toHaveLength(1);
+    expect(log.join('')).toMatch(/the caller went away before the call started/);
+  });
+
+  it('while stopping, finishes the calls in flight and refuses new ones, so their callers run them', async () => {
+    const second = await startAgent({ socket: path.join(dir, 'stopping.sock'), spec, build: 'build-1', log: () => undefined });
+    const stdin = JSON.stringify({ cniVersion: '1.0.0', name: 'net1', type: 'calico', ipam: { type: 'calico-ipam' } });
+    const call = (id: string) => callAgent(second.socket, { protocol: 1, build: 'build-1', stdin, env: env('ADD', id), namespaces: namespacesOf(fs) }, 5000);
+    const inFlight = call('slow');
+    await sleep(30);
+    const closed = second.close();
+    const late = await call('c-late');
+    expect(late).toEqual({ kind: 'unavailable', why: 'the agent refused the call: the agent is shutting down' });
+    expect(await inFlight).toMatchObject({ kind: 'done', status: 0 });
+    await closed;
+    expect(fs.existsSync(second.socket)).toBe(false);
+  });
+
   it('a second agent on a live socket refuses to start; a socket file nobody serves is replaced', async () => {
     await expect(startAgent({ socket: agent.socket, spec, build: 'build-1', log: () => undefined })).rejects.toThrow(/another agent is serving/);
     // A killed agent leaves its socket file behind: a process that listens and is killed at once.
@@ -111,7 +154,7 @@ describe('the node agent server', () => {
     spawnSync(process.execPath, ['-e', `require('net').createServer().listen(${JSON.stringify(stale)}, () => process.kill(process.pid, 'SIGKILL'))`]);
     expect(fs.statSync(stale).isSocket()).toBe(true);
     const second = await startAgent({ socket: stale, spec, build: 'build-1', log: () => undefined });
-    expect((await callAgent(stale, { protocol: 1, build: 'build-1', stdin: '{}', env: env('DEL', 'x') }, 5000)).kind).toBe('done');
+    expect((await callAgent(stale, { protocol: 1, build: 'build-1', stdin: '{}', env: env('DEL', 'x'), namespaces: namespacesOf(fs) }, 5000)).kind).toBe('done');
     await second.close();
     expect(fs.existsSync(stale)).toBe(false);
   });
