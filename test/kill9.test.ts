@@ -91,8 +91,14 @@ async function leftovers(cid: string): Promise<Leftovers> {
  * window is a millisecond or two wide, so random kills rarely hit it; one such claim is planted (the value
  * written by the product's own encoder) so that gc's handling of it is always exercised.
  */
-async function plantCutClaim(cid: string, cidr: string): Promise<string> {
-  const key = `/calico/ipam/v2/host/${nodeFor(cid)}/ipv4/block/${cidr.replace('/', '-')}`;
+/**
+ * Plants what a process killed between its two claim steps leaves: a pending affinity whose block was
+ * never written. The subnet is one without a block (the ADDs claim theirs at random places in the pool).
+ */
+async function plantCutClaim(cid: string): Promise<string> {
+  const blocks = await must(etcd).getPrefix('/calico/ipam/v2/assignment/ipv4/block/');
+  const free = [...Array(256).keys()].map((i) => `10.232.${255 - i}.0-26`).find((c) => !blocks.has(`/calico/ipam/v2/assignment/ipv4/block/${c}`));
+  const key = `/calico/ipam/v2/host/${nodeFor(cid)}/ipv4/block/${must(free)}`;
   await must(etcd).put(key, encodeAffinity('pending', Date.now() - 1000));
   return key;
 }
@@ -238,7 +244,7 @@ describe('kill -9 during ADD, then the runtime DELs', () => {
     // ... and some left work behind for the DEL, or this proves little.
     expect(stats.leftHandle).toBeGreaterThan(0);
 
-    const planted = await plantCutClaim(cids[cids.length - 1] as string, '10.232.255.0/26');
+    const planted = await plantCutClaim(cids[cids.length - 1] as string);
     expect(await pendingAffinities(cids)).toContain(planted);
     const g = await gc(cids, false);
     expect(g.statuses.every((st) => st === 0), g.stdout + g.stderr).toBe(true);
@@ -270,7 +276,7 @@ describe('kill -9 during ADD, then the container vanishes (no DEL)', () => {
     while ((await Promise.all(cids.map(leftovers))).some((l) => l.veths.length > 0) && Date.now() < until) await new Promise((r) => setTimeout(r, 50));
 
     const before = await Promise.all(cids.map(leftovers));
-    const planted = await plantCutClaim(cids[0] as string, '10.232.254.0/26');
+    const planted = await plantCutClaim(cids[0] as string);
     const pendingBefore = await pendingAffinities(cids);
     expect(pendingBefore).toContain(planted);
     for (const l of before) expect(l.veths).toEqual([]);

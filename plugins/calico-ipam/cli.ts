@@ -50,7 +50,8 @@ Usage:
   calico-ipam gc --node N [--grace S] [--dry-run]
                                           node-local GC, run on node N: releases allocations whose
                                           container has no endpoint and no host veth, stale endpoints,
-                                          and claims left pending, older than the grace (default 300 s)
+                                          and claims left pending (removed, or confirmed when the block
+                                          is this node's), older than the grace (default 300 s)
   calico-ipam --version | --help
 
 Datastore (first that is set):

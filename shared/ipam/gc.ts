@@ -1,6 +1,6 @@
 import { keys, parseAffinityKey } from '../calico/keys';
-import { affinityConfirmed, decodeAffinity, decodeBlock, decodeHandle, decodeWorkloadEndpoint, type Block } from '../calico/model';
-import type { Store } from '../store/store';
+import { affinityConfirmed, decodeAffinity, decodeBlock, decodeHandle, decodeWorkloadEndpoint, encodeAffinity, type Block } from '../calico/model';
+import type { Op, Store } from '../store/store';
 import { Allocator } from './allocator';
 import { ordinalsOf, ordinalAddress } from './block';
 import { parseCidr } from './cidr';
@@ -24,7 +24,7 @@ export interface GcOptions {
 }
 
 export interface GcAction {
-  kind: 'release-handle' | 'remove-pending-affinity' | 'remove-endpoint';
+  kind: 'release-handle' | 'remove-pending-affinity' | 'confirm-affinity' | 'remove-endpoint';
   target: string;
   detail: string;
 }
@@ -105,16 +105,26 @@ export async function collectGarbage(store: Store, opts: GcOptions): Promise<GcA
     if (!opts.dryRun) await alloc.releaseHandle(handleId);
   }
 
-  // Pending affinities of this node whose block never came: a claim a killed process left half done.
+  // Pending affinities of this node: a claim a killed process left half done. Without its block, or with
+  // the block gone to another host, the claim is dead; with the block ours, only the confirmation is
+  // missing (upstream writes the block before it confirms), and confirming it lets this host use the block.
   for (const kv of affs ?? []) {
     const a = parseAffinityKey(kv.key);
     if (!a || a.host !== opts.node) continue;
     const aff = decodeAffinity(kv.value);
     if (affinityConfirmed(aff) || aff.state !== 'pending') continue;
-    const c = parseCidr(a.cidr);
-    if (!c || blocks.has(a.cidr) || !old(aff.claimTime)) continue;
-    actions.push({ kind: 'remove-pending-affinity', target: kv.key, detail: `claim of ${a.cidr} never completed` });
-    if (!opts.dryRun) await store.txn([{ key: kv.key, modRevision: kv.modRevision }], [{ op: 'delete', key: kv.key }]);
+    if (!parseCidr(a.cidr) || !old(aff.claimTime)) continue;
+    const action = pendingAction(kv.key, a.cidr, blocks.get(a.cidr), opts.node);
+    actions.push(action);
+    if (opts.dryRun) continue;
+    const then: Op = action.kind === 'confirm-affinity' ? { op: 'put', key: kv.key, value: encodeAffinity('confirmed') } : { op: 'delete', key: kv.key };
+    await store.txn([{ key: kv.key, modRevision: kv.modRevision }], [then]);
   }
   return actions;
+}
+
+function pendingAction(key: string, cidr: string, block: Block | undefined, node: string): GcAction {
+  if (!block) return { kind: 'remove-pending-affinity', target: key, detail: `claim of ${cidr} never completed` };
+  if (block.affinity === `host:${node}`) return { kind: 'confirm-affinity', target: key, detail: `block ${cidr} is this node's, its claim was never confirmed` };
+  return { kind: 'remove-pending-affinity', target: key, detail: `claim of ${cidr} lost: the block is ${block.affinity ?? 'not affine to any host'}` };
 }

@@ -91,6 +91,28 @@ describe('node-local garbage collection', () => {
     expect(store.snapshot(live).size).toBe(1);
   });
 
+  it('a pending affinity whose block went to another host is removed; one whose block is ours is confirmed', async () => {
+    const { store } = await setup(now);
+    const other = new Allocator({ store, node: 'node-b', now: () => now });
+    const theirs = await other.assign({ handleId: 'net.b1', attrs: { node: 'node-b', timestamp: goTimestamp(new Date(now)) }, families: [{ family: 4 }] });
+    const theirBlock = theirs.allocations[0]?.blockCidr as string;
+    const mine = new Allocator({ store, node: NODE, now: () => now });
+    const ours = await mine.assign({ handleId: 'net.a1', attrs: { node: NODE, timestamp: goTimestamp(new Date(now)) }, families: [{ family: 4 }] });
+    const ourBlock = ours.allocations[0]?.blockCidr as string;
+    const lost = keys.hostAffinity(NODE, 4, theirBlock);
+    const unconfirmed = keys.hostAffinity(NODE, 4, ourBlock);
+    store.seed(lost, encodeAffinity('pending', now - 10 * 60_000));
+    store.seed(unconfirmed, encodeAffinity('pending', now - 10 * 60_000));
+
+    const dry = await collectGarbage(store, { node: NODE, graceMs: 60_000, dryRun: true, now, ...noVeths });
+    expect(dry.map((a) => `${a.kind} ${a.target}`).sort()).toEqual([`confirm-affinity ${unconfirmed}`, `remove-pending-affinity ${lost}`].sort());
+    expect(dry.find((a) => a.target === lost)?.detail).toContain('host:node-b');
+    await collectGarbage(store, { node: NODE, graceMs: 60_000, dryRun: false, now, ...noVeths });
+    expect(store.snapshot(lost).size).toBe(0);
+    expect(JSON.parse(store.snapshot(unconfirmed).get(unconfirmed) as string)).toMatchObject({ state: 'confirmed' });
+    expect(store.snapshot(keys.hostAffinity('node-b', 4, theirBlock)).size).toBe(1);
+  });
+
   it('never touches another node', async () => {
     const { store, assign } = await setup(now);
     await assign('net.mine', now - 10 * 60_000);
