@@ -8,6 +8,7 @@ import { parseNetConf } from '../shared/cni/config';
 import { startEtcd, type EtcdServer } from './helpers/etcd';
 import { createNetns, type Netns } from './helpers/netns';
 import { cniEnv, requireBuilt, runPlugin } from './helpers/plugin';
+import { AGENT_NODE_FLAGS } from './helpers/agent';
 
 /** Every file in conf-examples/ is parsed and used, so none can go stale; scripts/install.sh too. */
 
@@ -96,9 +97,13 @@ describe('the node agent example', () => {
   it('calico-agent.service serves the socket 50-calico-agent.conflist names, from the installed calico binary', () => {
     const unit = fs.readFileSync(path.join(DIR, 'calico-agent.service'), 'utf8');
     const execStart = /^ExecStart=(.+)$/m.exec(unit)?.[1]?.trim().split(/\s+/) ?? [];
-    expect(execStart.slice(0, 3)).toEqual(['/opt/cni/bin/calico', 'agent', '--socket']);
+    const binary = execStart.indexOf('/opt/cni/bin/calico');
+    expect(execStart.slice(0, 2)).toEqual(['/usr/bin/env', 'node']);
+    expect(execStart.slice(binary, binary + 3)).toEqual(['/opt/cni/bin/calico', 'agent', '--socket']);
+    // The same flags the tests and the benchmark start their agents with.
+    expect(execStart.slice(2, binary)).toEqual(AGENT_NODE_FLAGS);
     const conf = parseNetConf(JSON.stringify(calicoConfs('50-calico-agent.conflist')[0]));
-    expect(conf.agent_socket).toBe(execStart[3]);
+    expect(conf.agent_socket).toBe(execStart[binary + 3]);
     expect(unit).toMatch(/^Restart=always$/m);
   });
 });

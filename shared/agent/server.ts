@@ -2,16 +2,17 @@
  * The node agent: a long-lived process that runs CNI calls for the plugin binaries of its host, so a call
  * pays for a small client (the launcher) instead of a whole plugin start. It runs each call through the
  * same `respond` as a plugin process, with the caller's environment and stdin, and answers with what that
- * process would have printed. Calls run concurrently; the allocator's guarded transactions make that as
- * safe as concurrent processes.
+ * process would have printed. Calls run concurrently (up to a limit); the allocator's guarded transactions
+ * make that as safe as concurrent processes.
  */
 import fs from 'node:fs';
 import net from 'node:net';
 import path from 'node:path';
-import { respond, type PluginSpec } from '../cni/skel';
+import { respond, type PluginSpec, type Reply } from '../cni/skel';
 import { errorMessage } from '../cni/errors';
 import { namespacesOf } from '../launch/agent-client';
 import { serially } from '../sync/serial';
+import { limiter, type Limiter } from '../sync/limit';
 import { CniError, ErrorCode, errorObject } from '../cni/errors';
 import { sniffVersion } from '../cni/version';
 import { AgentRequestSchema, MAX_REQUEST_BYTES, type AgentReply } from './protocol';
@@ -25,7 +26,16 @@ export interface AgentOptions {
   build: string;
   /** The agent's own log (a line per call), normally its stderr. */
   log: (line: string) => void;
+  /** Calls run at once at most (default DEFAULT_MAX_CALLS); the rest wait their turn. */
+  maxCalls?: number;
 }
+
+/**
+ * Beyond a few concurrent calls nothing runs faster (the host's IPAM goes one call at a time, and the
+ * work is one thread's), while each call in progress holds memory and its child processes: a storm of
+ * ADDs after a node reboot then queues here instead of growing the agent.
+ */
+export const DEFAULT_MAX_CALLS = 8;
 
 export interface RunningAgent {
   readonly socket: string;
@@ -77,6 +87,8 @@ interface CallState {
   gone(): boolean;
   /** The agent is stopping: refuse, so the caller runs the call itself. */
   closing(): boolean;
+  /** The gate of concurrent calls. */
+  limit: Limiter;
 }
 
 const OWN_NAMESPACES = JSON.stringify(namespacesOf(fs));
@@ -98,9 +110,7 @@ async function answer(opts: AgentOptions, raw: string, state: CallState): Promis
   const env = req.data.env;
   let stderr = '';
   let started = 0;
-  // The calls of one attachment run in the order they came, as from one runtime: a DEL sent after its
-  // caller gave up on a slow ADD (a process would have been killed) waits for that ADD instead of racing it.
-  const reply = await serially(`attachment:${env.CNI_CONTAINERID ?? ''}/${env.CNI_IFNAME ?? ''}`, async () => {
+  const run = async (): Promise<Reply> => {
     started = performance.now();
     // A queued call whose caller gave up is not run: nobody would hear its result, and the runtime
     // follows a failed ADD with a DEL. A DEL still runs (it only removes, and may be repeated).
@@ -117,7 +127,11 @@ async function answer(opts: AgentOptions, raw: string, state: CallState): Promis
         opts.log(line);
       },
     });
-  });
+  };
+  // The calls of one attachment run in the order they came, as from one runtime: a DEL sent after its
+  // caller gave up on a slow ADD (a process would have been killed) waits for that ADD instead of racing it.
+  // Only then does a call wait for a free slot, so one waiting for its predecessor holds none.
+  const reply = await serially(`attachment:${env.CNI_CONTAINERID ?? ''}/${env.CNI_IFNAME ?? ''}`, () => state.limit(run));
   opts.log(stamp('INFO', `${env.CNI_COMMAND ?? '?'} ${env.CNI_CONTAINERID ?? ''} exit ${reply.status} in ${(performance.now() - started).toFixed(1)} ms`));
   return { ...reply, stderr };
 }
@@ -126,7 +140,7 @@ async function answer(opts: AgentOptions, raw: string, state: CallState): Promis
  * One connection: a request line, then the reply. The caller keeps its side open until it has the reply,
  * so its end before that (its deadline passed, it was killed) means it went away.
  */
-function serve(opts: AgentOptions, conn: net.Socket, inFlight: Set<Promise<void>>, closing: () => boolean): void {
+function serve(opts: AgentOptions, conn: net.Socket, inFlight: Set<Promise<void>>, closing: () => boolean, limit: Limiter): void {
   const chunks: Buffer[] = [];
   let size = 0;
   let started = false;
@@ -140,7 +154,7 @@ function serve(opts: AgentOptions, conn: net.Socket, inFlight: Set<Promise<void>
   const start = (line: string) => {
     started = true;
     conn.removeAllListeners('data');
-    const work = answer(opts, line, { gone: () => gone, closing })
+    const work = answer(opts, line, { gone: () => gone, closing, limit })
       .catch((e: unknown): AgentReply => ({ refused: `agent failure: ${errorMessage(e)}` }))
       .then(reply)
       .finally(() => inFlight.delete(work));
@@ -176,8 +190,9 @@ export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
   await claimSocketPath(opts.socket);
   const inFlight = new Set<Promise<void>>();
   let closing = false;
+  const limit = limiter(opts.maxCalls ?? DEFAULT_MAX_CALLS);
   // Half-open, so that a caller's end is seen as it going away rather than ending the connection at once.
-  const server = net.createServer({ allowHalfOpen: true }, (conn) => serve(opts, conn, inFlight, () => closing));
+  const server = net.createServer({ allowHalfOpen: true }, (conn) => serve(opts, conn, inFlight, () => closing, limit));
   await listenPrivately(server, opts.socket);
   // After listen, errors (an accept failing with EMFILE) are logged; they must not end every call in flight.
   server.on('error', (e) => opts.log(stamp('ERROR', `socket ${opts.socket}: ${errorMessage(e)}`)));

@@ -14,10 +14,14 @@ export interface Agent {
   stop(): Promise<void>;
 }
 
+/** The V8 flags conf-examples/calico-agent.service runs the agent with. */
+export const AGENT_NODE_FLAGS = ['--lite-mode', '--max-semi-space-size=1'];
+
 export async function startAgent(o: { socket?: string; binary?: string } = {}): Promise<Agent> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'cts-agent-'));
   const socket = o.socket ?? path.join(dir, 'agent.sock');
-  const child: ChildProcess = spawn(o.binary ?? path.join(DIST, 'calico'), ['agent', '--socket', socket], {
+  // As conf-examples/calico-agent.service starts it.
+  const child: ChildProcess = spawn('node', [...AGENT_NODE_FLAGS, o.binary ?? path.join(DIST, 'calico'), 'agent', '--socket', socket], {
     env: { PATH: process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin' },
     stdio: ['ignore', 'ignore', 'pipe'],
   });

@@ -133,6 +133,21 @@ describe('the node agent server', () => {
     expect(log.join('')).toMatch(/the caller went away before the call started/);
   });
 
+  it('runs at most maxCalls calls at once: the others wait for a slot and then run', async () => {
+    const narrow = await startAgent({ socket: path.join(dir, 'narrow.sock'), spec, build: 'build-1', maxCalls: 1, log: () => undefined });
+    const stdin = JSON.stringify({ cniVersion: '1.0.0', name: 'net1', type: 'calico', ipam: { type: 'calico-ipam' } });
+    const call = (id: string) => callAgent(narrow.socket, { protocol: 1, build: 'build-1', stdin, env: env('ADD', id), namespaces: namespacesOf(fs) }, 5000);
+    events.length = 0;
+    const slow = call('slow');
+    await sleep(30);
+    const quick = await call('quick');
+    expect(quick).toMatchObject({ kind: 'done', status: 0 });
+    await slow;
+    // With a slot free, 'quick' (another attachment) would have finished during the slow ADD.
+    expect(events).toEqual(['ADD slow start', 'ADD slow end', 'ADD quick start', 'ADD quick end']);
+    await narrow.close();
+  });
+
   it('while stopping, finishes the calls in flight and refuses new ones, so their callers run them', async () => {
     const second = await startAgent({ socket: path.join(dir, 'stopping.sock'), spec, build: 'build-1', log: () => undefined });
     const stdin = JSON.stringify({ cniVersion: '1.0.0', name: 'net1', type: 'calico', ipam: { type: 'calico-ipam' } });

@@ -1,5 +1,6 @@
 import { describe, expect, it } from 'vitest';
 import { serially } from '../../shared/sync/serial';
+import { limiter } from '../../shared/sync/limit';
 import { ipamAdd, ipamDel, type IpamCall } from '../../shared/ipam/cni-ipam';
 import { readCniEnv } from '../../shared/cni/env';
 import { parseNetConf } from '../../shared/cni/config';
@@ -60,5 +61,31 @@ describe('IPAM ADD and DEL of one host in one process (the node agent)', () => {
     await Promise.all(ids.map((id) => ipamDel(call(store, id, 'DEL', lines))));
     expect(store.snapshot(keys.handlePrefix).size).toBe(0);
     expect(checkIpamInvariants(store.snapshot())).toEqual([]);
+  });
+});
+
+describe('limiter', () => {
+  it('runs at most n at once, starts the waiting ones in the order they came, and frees a slot on failure', async () => {
+    const limit = limiter(2);
+    let running = 0;
+    let most = 0;
+    const started: string[] = [];
+    const job = (name: string, fail = false) => async () => {
+      started.push(name);
+      most = Math.max(most, ++running);
+      await tick();
+      await tick();
+      running--;
+      if (fail) throw new Error(`${name} failed`);
+      return name;
+    };
+    const results = await Promise.allSettled(['a', 'b', 'c', 'd', 'e'].map((n) => limit(job(n, n === 'a'))));
+    expect(most).toBe(2);
+    expect(started).toEqual(['a', 'b', 'c', 'd', 'e']);
+    expect(results.map((r) => r.status)).toEqual(['rejected', 'fulfilled', 'fulfilled', 'fulfilled', 'fulfilled']);
+  });
+
+  it('refuses a limit that is not a positive integer', () => {
+    expect(() => limiter(0)).toThrow(/positive integer/);
   });
 });
