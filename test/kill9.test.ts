@@ -93,7 +93,7 @@ async function leftovers(cid: string): Promise<Leftovers> {
  */
 /**
  * Plants what a process killed between its two claim steps leaves: a pending affinity whose block was
- * never written. The subnet is one without a block (the ADDs claim theirs at random places in the pool).
+ * never written. The subnet is one without a block (each node's claims start at a point hashed from its name).
  */
 async function plantCutClaim(cid: string): Promise<string> {
   const blocks = await must(etcd).getPrefix('/calico/ipam/v2/assignment/ipv4/block/');

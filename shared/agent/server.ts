@@ -31,9 +31,9 @@ export interface AgentOptions {
 }
 
 /**
- * Beyond a few concurrent calls nothing runs faster (the host's IPAM goes one call at a time, and the
- * work is one thread's), while each call in progress holds memory and its child processes: a storm of
- * ADDs after a node reboot then queues here instead of growing the agent.
+ * A few concurrent calls overlap their waits on etcd and on `ip`; many more gain little (the host's IPAM
+ * goes one call at a time, and the JavaScript runs on one thread) while each holds memory and child
+ * processes: a storm of ADDs after a node reboot queues here instead of growing the agent.
  */
 export const DEFAULT_MAX_CALLS = 8;
 
@@ -108,15 +108,20 @@ async function answer(opts: AgentOptions, raw: string, state: CallState): Promis
     return { refused: `the caller runs in other mount or PID namespaces (${JSON.stringify(req.data.namespaces)}), where its paths mean other files` };
   }
   const env = req.data.env;
+  const what = `${env.CNI_COMMAND ?? '?'} ${env.CNI_CONTAINERID ?? ''}`;
+  const arrived = performance.now();
   let stderr = '';
   let started = 0;
-  const run = async (): Promise<Reply> => {
+  const run = async (): Promise<Reply | { refused: string }> => {
     started = performance.now();
+    // Stopping: a call still queued is handed back, and its caller runs it itself (it has not begun, and
+    // its predecessor of the same attachment is done), rather than held until the agent is killed.
+    if (state.closing()) return { refused: 'the agent is shutting down' };
     // A queued call whose caller gave up is not run: nobody would hear its result, and the runtime
     // follows a failed ADD with a DEL. A DEL still runs (it only removes, and may be repeated).
     if (state.gone() && env.CNI_COMMAND !== 'DEL') {
       const err = new CniError(ErrorCode.TryAgainLater, 'the caller went away before the call started; not run');
-      opts.log(stamp('WARN', `${env.CNI_COMMAND ?? '?'} ${env.CNI_CONTAINERID ?? ''}: ${err.message}`));
+      opts.log(stamp('WARN', `${what}: ${err.message}`));
       return { status: 1, stdout: JSON.stringify(errorObject(err, sniffVersion(req.data.stdin))) };
     }
     return respond(opts.spec, req.data.stdin, {
@@ -132,7 +137,12 @@ async function answer(opts: AgentOptions, raw: string, state: CallState): Promis
   // caller gave up on a slow ADD (a process would have been killed) waits for that ADD instead of racing it.
   // Only then does a call wait for a free slot, so one waiting for its predecessor holds none.
   const reply = await serially(`attachment:${env.CNI_CONTAINERID ?? ''}/${env.CNI_IFNAME ?? ''}`, () => state.limit(run));
-  opts.log(stamp('INFO', `${env.CNI_COMMAND ?? '?'} ${env.CNI_CONTAINERID ?? ''} exit ${reply.status} in ${(performance.now() - started).toFixed(1)} ms`));
+  const queued = started - arrived;
+  if ('refused' in reply) {
+    opts.log(stamp('INFO', `${what} handed back after ${queued.toFixed(1)} ms in the queue: ${reply.refused}`));
+    return reply;
+  }
+  opts.log(stamp('INFO', `${what} exit ${reply.status} in ${(performance.now() - started).toFixed(1)} ms${queued >= 1 ? ` (queued ${queued.toFixed(1)} ms)` : ''}`));
   return { ...reply, stderr };
 }
 
@@ -201,8 +211,8 @@ export async function startAgent(opts: AgentOptions): Promise<RunningAgent> {
   return {
     socket: opts.socket,
     close: async () => {
-      // Keep accepting while the calls in flight finish, refusing new ones (their callers then run them
-      // themselves) rather than resetting connections already queued on the socket.
+      // Keep accepting while the calls in flight finish, refusing new and still-queued ones (their callers
+      // then run them themselves) rather than resetting connections already queued on the socket.
       closing = true;
       while (inFlight.size > 0) await Promise.allSettled([...inFlight]);
       await new Promise<void>((resolve) => server.close(() => resolve()));

@@ -148,6 +148,22 @@ describe('the node agent server', () => {
     await narrow.close();
   });
 
+  it('while stopping, hands a call still queued for a slot back to its caller instead of running it', async () => {
+    const narrow = await startAgent({ socket: path.join(dir, 'narrow-stop.sock'), spec, build: 'build-1', maxCalls: 1, log: () => undefined });
+    const stdin = JSON.stringify({ cniVersion: '1.0.0', name: 'net1', type: 'calico', ipam: { type: 'calico-ipam' } });
+    const call = (id: string) => callAgent(narrow.socket, { protocol: 1, build: 'build-1', stdin, env: env('ADD', id), namespaces: namespacesOf(fs) }, 5000);
+    events.length = 0;
+    const slow = call('slow');
+    await sleep(30);
+    const queued = call('queued');
+    await sleep(30);
+    const closed = narrow.close();
+    expect(await queued).toEqual({ kind: 'unavailable', why: 'the agent refused the call: the agent is shutting down' });
+    expect(await slow).toMatchObject({ kind: 'done', status: 0 });
+    await closed;
+    expect(events).toEqual(['ADD slow start', 'ADD slow end']);
+  });
+
   it('while stopping, finishes the calls in flight and refuses new ones, so their callers run them', async () => {
     const second = await startAgent({ socket: path.join(dir, 'stopping.sock'), spec, build: 'build-1', log: () => undefined });
     const stdin = JSON.stringify({ cniVersion: '1.0.0', name: 'net1', type: 'calico', ipam: { type: 'calico-ipam' } });
