@@ -2,7 +2,7 @@
  * The CNI protocol layer of the BUILT binaries, run as a runtime runs them: env validation, config
  * decoding, version negotiation and the error object on stdout.
  */
-import { spawn } from 'node:child_process';
+import { spawn, spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import http from 'node:http';
 import type { AddressInfo } from 'node:net';
@@ -274,6 +274,25 @@ describe('calico-ipam: datastore', () => {
       stdin: ipamConf({ endpoint: endpoint(), extra: { datastore_type: undefined, etcd_endpoints: undefined } }),
     });
     expectCniError(none, 2, ['datastore_type']);
+  });
+
+  it("keeps the V8 code cache of a start with node flags (the agent's --lite-mode) apart from the plain one", () => {
+    const cacheDir = fs.mkdtempSync(path.join(os.tmpdir(), 'cts-cache-flags-'));
+    try {
+      const start = (flags: string[]) =>
+        spawnSync('node', [...flags, path.join(DIST, 'calico-ipam'), '--version'], { env: { PATH: process.env.PATH, CALICO_TS_CACHE_DIR: cacheDir }, encoding: 'utf8' });
+      const files = () => new Map(fs.readdirSync(cacheDir).map((f) => [f, fs.statSync(path.join(cacheDir, f)).mtimeMs]));
+      expect(start([]).status).toBe(0);
+      const plain = files();
+      expect(plain.size).toBe(1);
+      expect(start(['--lite-mode']).status).toBe(0);
+      expect(files().size).toBe(2);
+      // V8 rejects a cache made under other flags: had both shared a file, each start would rewrite it.
+      expect(start([]).status).toBe(0);
+      for (const [f, mtime] of plain) expect(files().get(f)).toBe(mtime);
+    } finally {
+      fs.rmSync(cacheDir, { recursive: true, force: true });
+    }
   });
 
   it.each(['http', 'grpc'] as const)('the binary works alone in an empty directory, etcd_transport %s (grpc: the compressed chunk, embedded .proto files): pool add, ADD, DEL', async (transport) => {

@@ -62,12 +62,26 @@ function reexec(self: string): never {
   if (process.env.CALICO_TS_REEXEC === '1') throw new Error(`${self} keeps changing while it starts; retry`);
   // stdin was read already (the plugin's config): it goes to the new file as input.
   const input = takeHandedStdin();
-  const r = lazy.childProcess().spawnSync(process.execPath, [self, ...process.argv.slice(2)], {
+  const r = lazy.childProcess().spawnSync(process.execPath, [...nodeFlags(), self, ...process.argv.slice(2)], {
     stdio: [input === undefined ? 'inherit' : 'pipe', 'inherit', 'inherit'],
     ...(input === undefined ? {} : { input }),
     env: { ...process.env, CALICO_TS_REEXEC: '1' },
   });
   process.exit(r.status ?? 1);
+}
+
+/**
+ * The flags node was started with (the agent's --lite-mode, say), without the #! line's `-e <code>`: a
+ * re-exec keeps them, and code caches made under other V8 flags (which V8 rejects) are kept apart.
+ */
+function nodeFlags(): string[] {
+  const flags: string[] = [];
+  for (let i = 0; i < process.execArgv.length; i++) {
+    const a = process.execArgv[i] ?? '';
+    if (a === '-e' || a === '--eval' || a === '-p' || a === '--print') i++;
+    else if (!a.startsWith('--eval=') && !a.startsWith('--print=')) flags.push(a);
+  }
+  return flags;
 }
 
 interface Part {
@@ -116,8 +130,16 @@ function decode(part: Part): string {
 function cacheFile(self: string, st: fs.Stats, part: string): string | undefined {
   if (process.env.CALICO_TS_CODE_CACHE === '0') return undefined;
   const dir = process.env.CALICO_TS_CACHE_DIR || '/var/cache/calico-ts';
-  const id = `${path.basename(self)}-${st.ino}-${st.size}-${Math.trunc(st.mtimeMs)}-${process.version}-${process.arch}`;
+  const flags = nodeFlags().join(' ');
+  const id = `${path.basename(self)}-${st.ino}-${st.size}-${Math.trunc(st.mtimeMs)}-${process.version}-${process.arch}${flags ? `-${flagsTag(flags)}` : ''}`;
   return path.join(dir, `${id}${part === 'main' ? '' : `-${part}`}.v8cache`);
+}
+
+/** A short, file-name-safe tag of the node flags (FNV-1a). */
+function flagsTag(flags: string): string {
+  let h = 0x811c9dc5;
+  for (let i = 0; i < flags.length; i++) h = Math.imul(h ^ flags.charCodeAt(i), 0x01000193) >>> 0;
+  return h.toString(16);
 }
 
 function readCache(file: string | undefined): Buffer | undefined {
