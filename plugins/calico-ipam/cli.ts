@@ -51,7 +51,8 @@ Usage:
                                           node-local GC, run on node N: releases allocations whose
                                           container has no endpoint and no host veth, stale endpoints,
                                           and claims left pending (removed, or confirmed when the block
-                                          is this node's), older than the grace (default 300 s)
+                                          is this node's), older than the grace (default 300 s); an
+                                          upstream claim (no claim time) once unchanged for 5 s
   calico-ipam --version | --help
 
 Datastore (first that is set):

@@ -1,6 +1,6 @@
 import { keys, parseAffinityKey } from '../calico/keys';
 import { affinityConfirmed, decodeAffinity, decodeBlock, decodeHandle, decodeWorkloadEndpoint, encodeAffinity, type Block } from '../calico/model';
-import type { Op, Store } from '../store/store';
+import type { KeyValue, Op, Store } from '../store/store';
 import { Allocator } from './allocator';
 import { ordinalsOf, ordinalAddress } from './block';
 import { parseCidr } from './cidr';
@@ -21,7 +21,16 @@ export interface GcOptions {
   vethOwner: (ifname: string) => string | undefined;
   /** Container ids with a host veth on this node (from the aliases). */
   liveVethContainers: ReadonlySet<string>;
+  /** Waits (the tests pass a fake); see PENDING_SETTLE_MS. */
+  sleep?: (ms: number) => Promise<void>;
 }
+
+/**
+ * A pending affinity upstream Calico wrote carries no claim time, so its age is unknown: it counts as
+ * stale only if it is still unchanged this long later (a live claim completes in milliseconds), or the
+ * grace period if that is shorter (`--grace 0`: at once).
+ */
+export const PENDING_SETTLE_MS = 5_000;
 
 export interface GcAction {
   kind: 'release-handle' | 'remove-pending-affinity' | 'confirm-affinity' | 'remove-endpoint';
@@ -57,10 +66,10 @@ export async function collectGarbage(store: Store, opts: GcOptions): Promise<GcA
     { prefix: keys.blockPrefix(6) },
   ]);
   const actions: GcAction[] = [];
-  const blocks = new Map<string, Block>();
+  const blocks = new Map<string, { block: Block; kv: KeyValue }>();
   for (const kv of [...(blocks4 ?? []), ...(blocks6 ?? [])]) {
-    const b = decodeBlock(kv.value);
-    blocks.set(b.cidr, b);
+    const block = decodeBlock(kv.value);
+    blocks.set(block.cidr, { block, kv });
   }
 
   // Endpoints of this node whose host veth is gone (or names another container) are stale.
@@ -75,8 +84,9 @@ export async function collectGarbage(store: Store, opts: GcOptions): Promise<GcA
       liveEndpoints.add(sp.containerID);
       continue;
     }
+    // Changed since it was read (a new ADD of the container): left for the next run to judge.
+    if (!opts.dryRun && !(await store.txn([{ key: kv.key, modRevision: kv.modRevision }], [{ op: 'delete', key: kv.key }])).succeeded) continue;
     actions.push({ kind: 'remove-endpoint', target: kv.key, detail: `host veth ${sp.interfaceName ?? '?'} of container ${sp.containerID} is gone` });
-    if (!opts.dryRun) await store.txn([{ key: kv.key, modRevision: kv.modRevision }], [{ op: 'delete', key: kv.key }]);
   }
 
   // Handles with addresses allocated on this node whose container shows no sign of life.
@@ -89,7 +99,7 @@ export async function collectGarbage(store: Store, opts: GcOptions): Promise<GcA
     let newest: number | undefined;
     const ips: string[] = [];
     for (const c of cidrs) {
-      const b = blocks.get(c);
+      const b = blocks.get(c)?.block;
       if (!b) continue;
       for (const ord of ordinalsOf(b, handleId)) {
         const attr = b.attributes?.[b.allocations[ord] ?? -1];
@@ -108,17 +118,29 @@ export async function collectGarbage(store: Store, opts: GcOptions): Promise<GcA
   // Pending affinities of this node: a claim a killed process left half done. Without its block, or with
   // the block gone to another host, the claim is dead; with the block ours, only the confirmation is
   // missing (upstream writes the block before it confirms), and confirming it lets this host use the block.
+  const pending: KeyValue[] = [];
+  const undated: KeyValue[] = [];
   for (const kv of affs ?? []) {
     const a = parseAffinityKey(kv.key);
-    if (!a || a.host !== opts.node) continue;
+    if (!a || a.host !== opts.node || !parseCidr(a.cidr)) continue;
     const aff = decodeAffinity(kv.value);
     if (affinityConfirmed(aff) || aff.state !== 'pending') continue;
-    if (!parseCidr(a.cidr) || !old(aff.claimTime)) continue;
-    const action = pendingAction(kv.key, a.cidr, blocks.get(a.cidr), opts.node);
+    if (aff.claimTime === undefined) undated.push(kv);
+    else if (old(aff.claimTime)) pending.push(kv);
+  }
+  pending.push(...(await unchangedAfter(store, undated, Math.min(opts.graceMs, PENDING_SETTLE_MS), opts.sleep)));
+  for (const kv of pending) {
+    const cidr = parseAffinityKey(kv.key)?.cidr ?? '';
+    const block = blocks.get(cidr);
+    const action = pendingAction(kv.key, cidr, block?.block, opts.node);
+    if (!opts.dryRun) {
+      // Guarded by the block too: a block created, released or re-assigned meanwhile is judged next run.
+      const blockKey = keys.block(parseCidr(cidr)?.family ?? 4, cidr);
+      const then: Op = action.kind === 'confirm-affinity' ? { op: 'put', key: kv.key, value: encodeAffinity('confirmed') } : { op: 'delete', key: kv.key };
+      const done = await store.txn([{ key: kv.key, modRevision: kv.modRevision }, { key: blockKey, modRevision: block?.kv.modRevision ?? 0 }], [then]);
+      if (!done.succeeded) continue;
+    }
     actions.push(action);
-    if (opts.dryRun) continue;
-    const then: Op = action.kind === 'confirm-affinity' ? { op: 'put', key: kv.key, value: encodeAffinity('confirmed') } : { op: 'delete', key: kv.key };
-    await store.txn([{ key: kv.key, modRevision: kv.modRevision }], [then]);
   }
   return actions;
 }
@@ -128,3 +150,13 @@ function pendingAction(key: string, cidr: string, block: Block | undefined, node
   if (block.affinity === `host:${node}`) return { kind: 'confirm-affinity', target: key, detail: `block ${cidr} is this node's, its claim was never confirmed` };
   return { kind: 'remove-pending-affinity', target: key, detail: `claim of ${cidr} lost: the block is ${block.affinity ?? 'not affine to any host'}` };
 }
+
+/** The affinities among `kvs` that are still as they were after waiting `ms` (all of them when ms is 0). */
+async function unchangedAfter(store: Store, kvs: readonly KeyValue[], ms: number, sleep = defaultSleep): Promise<KeyValue[]> {
+  if (kvs.length === 0 || ms <= 0) return [...kvs];
+  await sleep(ms);
+  const now = await store.read(kvs.map((kv) => ({ key: kv.key })));
+  return kvs.filter((kv, i) => now[i]?.[0]?.modRevision === kv.modRevision);
+}
+
+const defaultSleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms));

@@ -2,7 +2,7 @@ import { describe, expect, it } from 'vitest';
 import { keys } from '../../shared/calico/keys';
 import { encodeAffinity, resource, newMetadata } from '../../shared/calico/model';
 import { Allocator } from '../../shared/ipam/allocator';
-import { collectGarbage, parseGoTimestamp } from '../../shared/ipam/gc';
+import { collectGarbage, parseGoTimestamp, PENDING_SETTLE_MS } from '../../shared/ipam/gc';
 import { addPool } from '../../shared/ipam/pools';
 import { goTimestamp } from '../../shared/ipam/cni-ipam';
 import { MemoryStore } from '../../shared/store/memory';
@@ -111,6 +111,31 @@ describe('node-local garbage collection', () => {
     expect(store.snapshot(lost).size).toBe(0);
     expect(JSON.parse(store.snapshot(unconfirmed).get(unconfirmed) as string)).toMatchObject({ state: 'confirmed' });
     expect(store.snapshot(keys.hostAffinity('node-b', 4, theirBlock)).size).toBe(1);
+  });
+
+  it("a pending affinity without a claim time (upstream writes none) counts as stale only if it is unchanged after a wait", async () => {
+    const { store } = await setup(now);
+    const settled = keys.hostAffinity(NODE, 4, '10.50.9.0/26');
+    const moving = keys.hostAffinity(NODE, 4, '10.50.10.0/26');
+    store.seed(settled, JSON.stringify({ state: 'pending', deleted: false }));
+    store.seed(moving, JSON.stringify({ state: 'pending', deleted: false }));
+    const waits: number[] = [];
+    // During the wait, the claim of `moving` goes on (upstream confirms it after writing its block).
+    const sleep = async (ms: number) => {
+      waits.push(ms);
+      store.seed(moving, JSON.stringify({ state: 'confirmed', deleted: false }));
+    };
+    const actions = await collectGarbage(store, { node: NODE, graceMs: 300_000, dryRun: false, now, sleep, ...noVeths });
+    expect(waits).toEqual([PENDING_SETTLE_MS]);
+    expect(actions.map((a) => `${a.kind} ${a.target}`)).toEqual([`remove-pending-affinity ${settled}`]);
+    expect(store.snapshot(settled).size).toBe(0);
+    expect(JSON.parse(store.snapshot(moving).get(moving) as string)).toMatchObject({ state: 'confirmed' });
+
+    // With --grace 0 there is no wait.
+    store.seed(settled, JSON.stringify({ state: 'pending', deleted: false }));
+    const again = await collectGarbage(store, { node: NODE, graceMs: 0, dryRun: false, now, sleep, ...noVeths });
+    expect(waits).toHaveLength(1);
+    expect(again.map((a) => a.target)).toEqual([settled]);
   });
 
   it('never touches another node', async () => {
