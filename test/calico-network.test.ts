@@ -237,6 +237,38 @@ describe('nothing is left behind', () => {
     expect(await linkJson('eth0peer', ns)).toHaveLength(1);
   });
 
+  it('a failure on the host side (the route to the pod is taken) undoes the endpoint written meanwhile, the veth and the address', async () => {
+    const pool = '10.124.7.0/26';
+    const added = await runPlugin('calico-ipam', { env: {}, args: ['pool', 'add', pool, '--name', 'hostfail', '--etcd-endpoints', etcd.endpoint] });
+    expect(added.status, added.stderr).toBe(0);
+    // Every address of the pool already has a host route, on a link of this test's own (a veth pair:
+    // this kernel may have no dummy driver).
+    const dummy = `ctsrt${process.pid % 100000}`;
+    await sh(['ip', 'link', 'add', dummy, 'type', 'veth', 'peer', 'name', `${dummy}p`]);
+    try {
+      await sh(['ip', 'link', 'set', dummy, 'up']);
+      await sh(['ip', 'link', 'set', `${dummy}p`, 'up']);
+      const routes = [...Array(64).keys()].map((i) => `route add 10.124.7.${i}/32 dev ${dummy}`).join('\n');
+      await new Promise<void>((resolve, reject) => execFile('ip', ['-batch', '-'], (e) => (e ? reject(e) : resolve())).stdin?.end(`${routes}\n`));
+      expect((await sh(['ip', '-4', 'route', 'show', 'dev', dummy])).trim().split('\n')).toHaveLength(64);
+
+      const ns = await netns();
+      const cid = `hostfail${process.pid}`;
+      const env = cniEnv({ command: 'ADD', containerId: cid, netns: ns.path });
+      const r = await runPlugin('calico', { env, stdin: directConf('1.0.0', { ipam: { type: 'calico-ipam', ipv4_pools: [pool] } }) });
+      expect(r.status, r.stdout + r.stderr).not.toBe(0);
+      expect(r.json).toMatchObject({ code: 130, msg: expect.stringMatching(new RegExp(`already exists for an interface other than cali.*: ${dummy}`)) });
+      expect(await etcd.get(`/calico/ipam/v2/handle/${NET}.${cid}`)).toBeUndefined();
+      const weps = await etcd.getPrefix('/calico/resources/v3/projectcalico.org/workloadendpoints/');
+      expect([...weps.values()].some((v) => v.includes(cid))).toBe(false);
+      expect(await linkJson(hostVeth(cid))).toEqual([]);
+      expect((await sh(['ip', '-n', ns.name, '-o', 'link'])).trim().split('\n')).toHaveLength(1);
+    } finally {
+      await sh(['ip', 'link', 'del', dummy]);
+      await runPlugin('calico-ipam', { env: {}, args: ['pool', 'rm', 'hostfail', '--force', '--etcd-endpoints', etcd.endpoint] });
+    }
+  });
+
   it("an ADD whose veth name is another container's (same first 11 characters) takes the fallback name; each DEL removes only its own", async () => {
     const first = await netns();
     const second = await netns();

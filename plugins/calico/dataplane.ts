@@ -168,16 +168,24 @@ async function claimHostIfname(w: Workload, log: Logger): Promise<string> {
   throw new CniError(ErrorCode.Netlink, `no free host interface name for container ${w.containerId}: ${owners.join('; ')}`);
 }
 
+/** What the first step of a workload's plumbing made: the pair, under this host veth name, and the container end. */
+export interface ContainerSide {
+  workload: Workload;
+  ns: NetnsRef;
+  hostIfname: string;
+  containerMac: string;
+}
+
 /**
- * Creates everything for one workload, or nothing: a failure removes the pair this call created and
- * never touches an interface it did not create. Returns the host veth's name and the container's MAC.
+ * Step one of a workload's plumbing: the veth pair and the container end, or nothing. A failure removes
+ * the pair this call created and never touches an interface it did not create.
  */
-export async function setUp(w: Workload, log: Logger): Promise<{ containerMac: string; hostIfname: string }> {
+export async function setUpContainerSide(w: Workload, log: Logger): Promise<ContainerSide> {
   const ns = requireNetns(w.netns);
   const hostIfname = await claimHostIfname(w, log);
-  const named = { ...w, hostIfname };
+  const workload = { ...w, hostIfname };
   const containerMac = randomMac();
-  const batch = await ip([], { ns, batch: containerBatch(named, containerMac) });
+  const batch = await ip([], { ns, batch: containerBatch(workload, containerMac) });
   if (batch.exitCode !== 0) {
     // The pair is created by the first line; if a later line failed, remove the pair we made. If the
     // first failed (e.g. the interface name is taken), nothing of ours exists and nothing is touched.
@@ -185,14 +193,18 @@ export async function setUp(w: Workload, log: Logger): Promise<{ containerMac: s
     throw new CniError(ErrorCode.Netlink, `failed to set up ${w.ifname} in netns ${JSON.stringify(w.netns)}: ${batch.stderr.trim().replace(/\s+/g, ' ')}`);
   }
   log.debug('container side done', { t: log.elapsed() });
+  return { workload, ns, hostIfname, containerMac };
+}
+
+/** Step two: the host end (sysctls, alias, up, the route to the workload). A failure removes the pair. */
+export async function setUpHostEnd(side: ContainerSide, log: Logger): Promise<void> {
   try {
-    await setUpHostSide(named, ns, log);
+    await setUpHostSide(side.workload, side.ns, log);
   } catch (e) {
-    await ip(['link', 'del', hostIfname]);
+    await ip(['link', 'del', side.hostIfname]);
     throw e;
   }
   log.debug('host side done', { t: log.elapsed() });
-  return { containerMac, hostIfname };
 }
 
 export interface TearDownTarget {

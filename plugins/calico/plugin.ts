@@ -15,7 +15,7 @@ import { parseIp } from '../../shared/ipam/cidr';
 import { linkAlias } from '../../shared/netlink/link';
 import { ip as runIp } from '../../shared/netlink/exec';
 import type { Store, KeyValue, Op, Compare } from '../../shared/store/store';
-import { ALIAS_PREFIX, GATEWAY_V4, GATEWAY_V6, HOST_MAC, hostRoutesVia, inspectContainer, ownHostVeth, setUp, tearDown, validateBatchIfname, type WorkloadIp } from './dataplane';
+import { ALIAS_PREFIX, GATEWAY_V4, GATEWAY_V6, HOST_MAC, hostRoutesVia, inspectContainer, ownHostVeth, setUpContainerSide, setUpHostEnd, tearDown, validateBatchIfname, type WorkloadIp } from './dataplane';
 
 const MTU_FILE = '/var/lib/calico/mtu';
 const DEFAULT_MTU = 1500;
@@ -138,8 +138,11 @@ async function readPreamble(s: Session): Promise<Preamble> {
   };
 }
 
-/** The endpoint, and the profile and ClusterInformation if missing, in one guarded transaction. */
-async function writeEndpoint(s: Session, pre: Preamble, wep: WorkloadEndpoint): Promise<void> {
+/**
+ * The endpoint, and the profile and ClusterInformation if missing, in one guarded transaction. Returns the
+ * endpoint's new mod revision, so that a rollback removes exactly what it wrote.
+ */
+async function writeEndpoint(s: Session, pre: Preamble, wep: WorkloadEndpoint): Promise<number> {
   const key = workloadEndpointKey(s.id);
   const compares: Compare[] = [{ key, modRevision: pre.existing?.kv.modRevision ?? 0 }];
   const ops: Op[] = [{ op: 'put', key, value: JSON.stringify(wep) }];
@@ -153,7 +156,7 @@ async function writeEndpoint(s: Session, pre: Preamble, wep: WorkloadEndpoint): 
   }
   for (let attempt = 0; attempt < 5; attempt++) {
     const res = await s.store.txn(compares, ops);
-    if (res.succeeded) return;
+    if (res.succeeded) return res.revision;
     // Only the profile or ClusterInformation can have been created meanwhile by another pod: re-read and retry.
     const fresh = await readPreamble(s);
     if ((fresh.existing?.kv.modRevision ?? 0) !== (pre.existing?.kv.modRevision ?? 0)) {
@@ -193,10 +196,11 @@ async function cmdAdd(s: Session): Promise<Result> {
   log.debug('ipam done', { t: log.elapsed() });
   let ips: WorkloadIp[] = [];
   let created: string | undefined;
+  let written: number | undefined;
   try {
     ips = workloadIps(ipamResult);
     if (ips.length === 0) throw new CniError(ErrorCode.Internal, 'IPAM plugin returned no IP addresses in result');
-    const { containerMac, hostIfname } = await setUp(
+    const side = await setUpContainerSide(
       {
         containerId: ctx.env.containerId,
         netns: ctx.env.netns,
@@ -211,18 +215,34 @@ async function cmdAdd(s: Session): Promise<Result> {
       },
       log,
     );
+    const { hostIfname, containerMac } = side;
     created = hostIfname;
     const wep = buildWorkloadEndpoint(
       id,
       { profiles: ctx.conf.policy?.type ? [] : [ctx.conf.name], ipNetworks: ips.map(cidrOf), interfaceName: hostIfname, mac: containerMac },
       pre.existing?.wep.metadata,
     );
-    await writeEndpoint(s, pre, wep);
+    // The host end and the endpoint record need nothing of each other: the endpoint's round trip runs
+    // during the host's `ip` exec. Either failing undoes both (below).
+    const [host, endpoint] = await Promise.allSettled([
+      setUpHostEnd(side, log),
+      writeEndpoint(s, pre, wep).then((rev) => {
+        written = rev;
+      }),
+    ]);
+    if (host.status === 'rejected') throw host.reason;
+    if (endpoint.status === 'rejected') throw endpoint.reason;
     log.info('workload networked', { endpoint: id.name, ips: ips.map(cidrOf), hostIfname, t: log.elapsed() });
     return buildResult(s, ips, hostIfname, containerMac, mtu);
   } catch (e) {
     const err = toCniError(e);
     log.error('ADD failed; undoing', { error: err.message });
+    if (written !== undefined) {
+      const key = workloadEndpointKey(id);
+      // Back to what was there before (a pod's earlier sandbox keeps its endpoint), unless changed since.
+      const restore: Op = pre.existing ? { op: 'put', key, value: pre.existing.kv.value } : { op: 'delete', key };
+      await s.store.txn([{ key, modRevision: written }], [restore]).catch((we: unknown) => log.error('rollback: failed to remove the endpoint', { error: errorMessage(we) }));
+    }
     if (created) {
       await tearDown({ containerId: ctx.env.containerId, netns: ctx.env.netns, ifname: ctx.env.ifname, hostIfnames: [created] }, log, { force: true }).catch(
         (te: unknown) => log.error('rollback: failed to remove interfaces', { error: errorMessage(te) }),
