@@ -308,6 +308,23 @@ describe('nothing is left behind', () => {
     expect(await etcd.get(`/calico/ipam/v2/handle/${NET}.${idB}`)).toBeUndefined();
   });
 
+  it('two ADDs at once whose veth names collide both succeed, each on a veth of its own, and neither touches the other', async () => {
+    for (let round = 0; round < 6; round++) {
+      // The same first 11 characters: the same usual host veth name.
+      const prefix = `rc${String(process.pid).padStart(7, '0')}r${round}`;
+      const pods = await Promise.all(['a', 'b'].map(async (x) => ({ id: `${prefix}${x}${x}${x}`, ns: await netns() })));
+      expect(hostVeth(pods[0]?.id ?? '')).toBe(hostVeth(pods[1]?.id ?? ''));
+      const adds = await Promise.all(pods.map((p) => runPlugin('calico', { env: cniEnv({ command: 'ADD', containerId: p.id, netns: p.ns.path }), stdin: directConf('1.0.0') })));
+      for (const r of adds) expect(r.status, `round ${round}: ${r.stdout}${r.stderr}`).toBe(0);
+      const names = adds.map((r) => (r.json as { interfaces: { name: string }[] }).interfaces[0]?.name ?? '');
+      expect(new Set(names).size).toBe(2);
+      for (const [i, name] of names.entries()) expect((await linkJson(name))[0]?.ifalias, `round ${round}`).toBe(`calico-ts:${pods[i]?.id}`);
+      const dels = await Promise.all(pods.map((p) => runPlugin('calico', { env: cniEnv({ command: 'DEL', containerId: p.id, netns: p.ns.path }), stdin: directConf('1.0.0') })));
+      for (const r of dels) expect(r.status, r.stdout + r.stderr).toBe(0);
+      for (const name of names) expect(await linkJson(name)).toEqual([]);
+    }
+  });
+
   it('DEL with an empty CNI_NETNS (containerd after the task exited) releases the address and the endpoint', async () => {
     const ns = await netns();
     const cid = `gone${process.pid}`;

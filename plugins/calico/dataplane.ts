@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { CniError, ErrorCode } from '../../shared/cni/errors';
 import type { Logger } from '../../shared/cni/log';
-import { ip, netnsRef, run, type NetnsRef } from '../../shared/netlink/exec';
+import { failedBatchLine, ip, netnsRef, run, type NetnsRef } from '../../shared/netlink/exec';
 import { linkAlias, linkExists, netnsExists } from '../../shared/netlink/link';
 import { writeSysctl } from '../../shared/netlink/sysctl';
 import type { Family } from '../../shared/calico/keys';
@@ -149,7 +149,9 @@ function vethOwner(name: string): string | undefined {
 /**
  * The host veth name this ADD takes: the usual one unless another container owns it, then the fallback.
  * A leftover of an earlier ADD of this workload that was never DELeted is deleted (upstream does the same);
- * so is another pod-named (Kubernetes) veth, an earlier sandbox of the same pod.
+ * so is another pod-named (Kubernetes) veth, an earlier sandbox of the same pod. A veth without an alias
+ * is another ADD between creating its pair and naming it (a pair left behind dies with its namespace):
+ * it counts as another container's, never as a leftover to delete.
  */
 async function claimHostIfname(w: Workload, log: Logger): Promise<string> {
   const candidates = [w.hostIfname, ...(w.vethNamedByPod || !w.hostIfnameFallback ? [] : [w.hostIfnameFallback])];
@@ -157,12 +159,12 @@ async function claimHostIfname(w: Workload, log: Logger): Promise<string> {
   for (const name of candidates) {
     if (!linkExists(name)) return name;
     const owner = vethOwner(name);
-    if (w.vethNamedByPod || owner === undefined || owner === w.containerId) {
+    if (w.vethNamedByPod || owner === w.containerId) {
       log.warn('deleting stale host veth', { name, owner });
       await ip(['link', 'del', name]);
       return name;
     }
-    owners.push(`${name} belongs to container ${owner}`);
+    owners.push(owner === undefined ? `${name} is being set up by another ADD` : `${name} belongs to container ${owner}`);
   }
   // Upstream would delete the other pod's veth, cutting it off.
   throw new CniError(ErrorCode.Netlink, `no free host interface name for container ${w.containerId}: ${owners.join('; ')}`);
@@ -182,18 +184,25 @@ export interface ContainerSide {
  */
 export async function setUpContainerSide(w: Workload, log: Logger): Promise<ContainerSide> {
   const ns = requireNetns(w.netns);
-  const hostIfname = await claimHostIfname(w, log);
-  const workload = { ...w, hostIfname };
-  const containerMac = randomMac();
-  const batch = await ip([], { ns, batch: containerBatch(workload, containerMac) });
-  if (batch.exitCode !== 0) {
-    // The pair is created by the first line; if a later line failed, remove the pair we made. If the
-    // first failed (e.g. the interface name is taken), nothing of ours exists and nothing is touched.
-    if (linkExists(hostIfname)) await ip(['link', 'del', hostIfname]);
+  for (let attempt = 1; ; attempt++) {
+    const hostIfname = await claimHostIfname(w, log);
+    const workload = { ...w, hostIfname };
+    const containerMac = randomMac();
+    const batch = await ip([], { ns, batch: containerBatch(workload, containerMac) });
+    if (batch.exitCode === 0) {
+      log.debug('container side done', { t: log.elapsed() });
+      return { workload, ns, hostIfname, containerMac };
+    }
+    const failed = failedBatchLine(batch.stderr);
+    // Line 1 creates the pair. If it failed, nothing of ours exists, and a host veth of that name is another
+    // ADD's that took the name since the claim: claim again (the fallback name this time), once.
+    if (failed === 1) {
+      if (attempt === 1 && !w.vethNamedByPod && /File exists/i.test(batch.stderr) && linkExists(hostIfname)) continue;
+    } else if (linkExists(hostIfname)) {
+      await ip(['link', 'del', hostIfname]);
+    }
     throw new CniError(ErrorCode.Netlink, `failed to set up ${w.ifname} in netns ${JSON.stringify(w.netns)}: ${batch.stderr.trim().replace(/\s+/g, ' ')}`);
   }
-  log.debug('container side done', { t: log.elapsed() });
-  return { workload, ns, hostIfname, containerMac };
 }
 
 /** Step two: the host end (sysctls, alias, up, the route to the workload). A failure removes the pair. */

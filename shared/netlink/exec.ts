@@ -63,3 +63,9 @@ export async function ipOk(what: string, args: readonly string[], opts: { ns?: N
   }
   return r.stdout;
 }
+
+/** The line of an `ip -batch` input that failed ("Command failed -:N" on stderr), if ip said. */
+export function failedBatchLine(stderr: string): number | undefined {
+  const m = /Command failed -:(\d+)/.exec(stderr);
+  return m ? Number(m[1]) : undefined;
+}
