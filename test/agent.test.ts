@@ -178,6 +178,30 @@ describe('calico agent', () => {
     for (let i = 0; i < 20; i++) expect(served(id(i))).toEqual(['ADD exit 0', 'DEL exit 0']);
   });
 
+  it('keeps its connections to etcd between calls: the next calls reuse them instead of connecting again', async () => {
+    const port = new URL(etcd.endpoint).port;
+    const agentPorts = async () => {
+      const { stdout } = await exec('ss', ['-Htnp', 'state', 'established', 'dst', `127.0.0.1:${port}`]);
+      return stdout
+        .split('\n')
+        .filter((l) => l.includes(`pid=${agent.pid},`))
+        .map((l) => l.trim().split(/\s+/)[2] ?? '')
+        .sort();
+    };
+    const pod = await netns();
+    const addDel = async (cid: string) => {
+      for (const command of ['ADD', 'DEL']) {
+        const r = await call(command, cid, pod, conf());
+        expect(r.status, r.stdout + r.stderr).toBe(0);
+      }
+    };
+    await addDel('agent-keep-1');
+    const kept = await agentPorts();
+    expect(kept.length).toBeGreaterThan(0);
+    await addDel('agent-keep-2');
+    expect(await agentPorts()).toEqual(kept);
+  });
+
   it('with no agent on the socket the call runs in its own process, and says so on stderr', async () => {
     const pod = await netns();
     const stdin = conf({ agent_socket: path.join(tmp, 'nobody.sock') });

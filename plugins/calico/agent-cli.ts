@@ -2,6 +2,7 @@ import { DEFAULT_AGENT_SOCKET, DEFAULT_MAX_CALLS, startAgent } from '../../share
 import type { PluginSpec } from '../../shared/cni/skel';
 import { buildId } from '../../shared/launch/handover';
 import { VERSION } from '../../shared/about';
+import { closeSharedConnections, keepConnectionsAcrossCalls } from '../../shared/etcd/http-store';
 
 const HELP = `usage: calico agent [--socket PATH] [--max-calls N]
 
@@ -36,12 +37,15 @@ export async function main(argv: string[], spec: PluginSpec): Promise<number> {
     process.stderr.write(`calico agent: --max-calls needs a positive integer, not ${JSON.stringify(maxCalls ?? '')}\n`);
     return 2;
   }
+  // One process for every call: its etcd connections (and TLS sessions) outlive a call.
+  keepConnectionsAcrossCalls();
   const agent = await startAgent({ socket, spec, build: buildId() ?? `unbuilt-${VERSION}`, maxCalls: limit, log: (line) => process.stderr.write(line) });
   await new Promise<void>((resolve) => {
     process.once('SIGTERM', resolve);
     process.once('SIGINT', resolve);
   });
   await agent.close();
+  closeSharedConnections();
   return 0;
 }
 

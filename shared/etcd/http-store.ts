@@ -29,12 +29,58 @@ interface GatewayResponse {
 const b64 = (s: string | Buffer) => Buffer.from(s).toString('base64');
 
 /** A transient failure of one endpoint: the next endpoint is tried. */
-class EndpointDown extends Error {}
+class EndpointDown extends Error {
+  /** The request went out on a kept-alive connection the server had closed: it never reached etcd. */
+  constructor(
+    message: string,
+    readonly staleConnection = false,
+  ) {
+    super(message);
+  }
+}
+
+type Agent = http.Agent | https.Agent;
+
+/**
+ * Connections kept across calls, by endpoint and TLS material, in a long-lived process (the node agent):
+ * each call then skips the connect and, with TLS, the handshake. A plugin process makes one call and
+ * closes its own.
+ */
+let shared: Map<string, Agent> | undefined;
+const MAX_SHARED = 16;
+
+export function keepConnectionsAcrossCalls(): void {
+  shared ??= new Map();
+}
+
+/** Closes the kept connections (a stopping agent), and goes back to a connection set per store. */
+export function closeSharedConnections(): void {
+  for (const a of shared?.values() ?? []) a.destroy();
+  shared = undefined;
+}
+
+function sharedAgent(key: string, make: () => Agent): Agent {
+  if (!shared) return make();
+  let a = shared.get(key);
+  if (!a) {
+    // Rotated certificates leave older entries behind: start over rather than grow without bound.
+    if (shared.size >= MAX_SHARED) {
+      for (const old of shared.values()) old.destroy();
+      shared.clear();
+    }
+    a = make();
+    shared.set(key, a);
+  }
+  return a;
+}
+
+const STALE_CODES = new Set(['ECONNRESET', 'EPIPE', 'ECONNABORTED']);
 
 export class HttpEtcdStore implements Store {
   private trips = 0;
   private token: string | undefined;
-  private readonly agents: (http.Agent | https.Agent)[];
+  private readonly agents: Agent[];
+  private readonly pooled = shared !== undefined;
   /** The endpoint that answered last; tried first next time. */
   private current = 0;
 
@@ -44,7 +90,11 @@ export class HttpEtcdStore implements Store {
       ...(cfg.certFile ? { cert: readCredentialFile('etcd_cert_file', cfg.certFile) } : {}),
       ...(cfg.keyFile ? { key: readCredentialFile('etcd_key_file', cfg.keyFile) } : {}),
     };
-    this.agents = cfg.endpoints.map((ep) => (ep.startsWith('https:') ? new https.Agent({ keepAlive: true, ...tls }) : new http.Agent({ keepAlive: true })));
+    this.agents = cfg.endpoints.map((ep) =>
+      sharedAgent(JSON.stringify([ep, tls.ca ?? '', tls.cert ?? '', tls.key ?? '']), () =>
+        ep.startsWith('https:') ? new https.Agent({ keepAlive: true, ...tls }) : new http.Agent({ keepAlive: true }),
+      ),
+    );
   }
 
   get roundTrips(): number {
@@ -84,7 +134,9 @@ export class HttpEtcdStore implements Store {
         });
       });
       req.on('timeout', () => req.destroy(new EndpointDown(`${ep}: no answer within ${this.cfg.requestTimeoutMs} ms`)));
-      req.on('error', (e) => reject(e instanceof EndpointDown ? e : new EndpointDown(`${ep}: ${e.message}`)));
+      req.on('error', (e: NodeJS.ErrnoException) =>
+        reject(e instanceof EndpointDown ? e : new EndpointDown(`${ep}: ${e.message}`, req.reusedSocket && STALE_CODES.has(e.code ?? ''))),
+      );
       req.end(payload);
     });
   }
@@ -98,7 +150,7 @@ export class HttpEtcdStore implements Store {
       const i = (this.current + k) % n;
       try {
         if (this.cfg.username && this.cfg.password && !this.token) await this.authenticate(i);
-        const res = await this.requestOnce(i, path, body);
+        const res = await this.requestFresh(i, path, body);
         this.current = i;
         return res;
       } catch (e) {
@@ -109,8 +161,16 @@ export class HttpEtcdStore implements Store {
     throw etcdUnavailable(this.cfg, errors.join('; '));
   }
 
+  /** Sent on a kept connection etcd had closed meanwhile, a request never arrived: once more, afresh. */
+  private requestFresh(i: number, path: string, body: unknown): Promise<GatewayResponse> {
+    return this.requestOnce(i, path, body).catch((e: unknown) => {
+      if (e instanceof EndpointDown && e.staleConnection) return this.requestOnce(i, path, body);
+      throw e;
+    });
+  }
+
   private async authenticate(i: number): Promise<void> {
-    const res = await this.requestOnce(i, '/v3/auth/authenticate', { name: this.cfg.username, password: this.cfg.password });
+    const res = await this.requestFresh(i, '/v3/auth/authenticate', { name: this.cfg.username, password: this.cfg.password });
     this.token = (res as { token?: string }).token;
   }
 
@@ -140,6 +200,6 @@ export class HttpEtcdStore implements Store {
   }
 
   async close(): Promise<void> {
-    for (const a of this.agents) a.destroy();
+    if (!this.pooled) for (const a of this.agents) a.destroy();
   }
 }
