@@ -48,6 +48,14 @@ function request(command: string, containerId: string, build = 'build-1'): Promi
   return callAgent(agent.socket, { protocol: 1, build, stdin, env: env(command, containerId), namespaces: namespacesOf(fs) }, 10_000);
 }
 
+/** Another agent of this stand-in, on a socket of its own, and a way to send it an ADD. */
+async function extraAgent(name: string, maxCalls?: number): Promise<{ agent: RunningAgent; add: (containerId: string) => Promise<AgentOutcome> }> {
+  const extra = await startAgent({ socket: path.join(dir, `${name}.sock`), spec, build: 'build-1', ...(maxCalls ? { maxCalls } : {}), log: () => undefined });
+  const stdin = JSON.stringify({ cniVersion: '1.0.0', name: 'net1', type: 'calico', ipam: { type: 'calico-ipam' } });
+  const add = (containerId: string) => callAgent(extra.socket, { protocol: 1, build: 'build-1', stdin, env: env('ADD', containerId), namespaces: namespacesOf(fs) }, 5000);
+  return { agent: extra, add };
+}
+
 beforeAll(async () => {
   agent = await startAgent({ socket: path.join(dir, 'agent.sock'), spec, build: 'build-1', log: (l) => log.push(l) });
 });
@@ -134,9 +142,7 @@ describe('the node agent server', () => {
   });
 
   it('runs at most maxCalls calls at once: the others wait for a slot and then run', async () => {
-    const narrow = await startAgent({ socket: path.join(dir, 'narrow.sock'), spec, build: 'build-1', maxCalls: 1, log: () => undefined });
-    const stdin = JSON.stringify({ cniVersion: '1.0.0', name: 'net1', type: 'calico', ipam: { type: 'calico-ipam' } });
-    const call = (id: string) => callAgent(narrow.socket, { protocol: 1, build: 'build-1', stdin, env: env('ADD', id), namespaces: namespacesOf(fs) }, 5000);
+    const { agent: narrow, add: call } = await extraAgent('narrow', 1);
     events.length = 0;
     const slow = call('slow');
     await sleep(30);
@@ -149,9 +155,7 @@ describe('the node agent server', () => {
   });
 
   it('while stopping, hands a call still queued for a slot back to its caller instead of running it', async () => {
-    const narrow = await startAgent({ socket: path.join(dir, 'narrow-stop.sock'), spec, build: 'build-1', maxCalls: 1, log: () => undefined });
-    const stdin = JSON.stringify({ cniVersion: '1.0.0', name: 'net1', type: 'calico', ipam: { type: 'calico-ipam' } });
-    const call = (id: string) => callAgent(narrow.socket, { protocol: 1, build: 'build-1', stdin, env: env('ADD', id), namespaces: namespacesOf(fs) }, 5000);
+    const { agent: narrow, add: call } = await extraAgent('narrow-stop', 1);
     events.length = 0;
     const slow = call('slow');
     await sleep(30);
@@ -165,9 +169,7 @@ describe('the node agent server', () => {
   });
 
   it('while stopping, finishes the calls in flight and refuses new ones, so their callers run them', async () => {
-    const second = await startAgent({ socket: path.join(dir, 'stopping.sock'), spec, build: 'build-1', log: () => undefined });
-    const stdin = JSON.stringify({ cniVersion: '1.0.0', name: 'net1', type: 'calico', ipam: { type: 'calico-ipam' } });
-    const call = (id: string) => callAgent(second.socket, { protocol: 1, build: 'build-1', stdin, env: env('ADD', id), namespaces: namespacesOf(fs) }, 5000);
+    const { agent: second, add: call } = await extraAgent('stopping');
     const inFlight = call('slow');
     await sleep(30);
     const closed = second.close();

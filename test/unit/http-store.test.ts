@@ -60,39 +60,39 @@ async function call(endpoint: string): Promise<void> {
 
 afterEach(() => closeSharedConnections());
 
+/** Runs `fn` against a fresh stand-in gateway, closed afterwards whatever happens. */
+async function withGateway(fn: (gw: Gateway) => Promise<void>): Promise<void> {
+  const gw = await gateway();
+  try {
+    await fn(gw);
+  } finally {
+    await gw.close();
+  }
+}
+
 describe('the JSON-gateway store', () => {
-  it('in a plugin process, each store opens its own connection and closes it', async () => {
-    const gw = await gateway();
-    try {
+  it('in a plugin process, each store opens its own connection and closes it', () =>
+    withGateway(async (gw) => {
       await call(gw.endpoint);
       await call(gw.endpoint);
       expect(gw.connections()).toBe(2);
-    } finally {
-      await gw.close();
-    }
-  });
+    }));
 
-  it('in the agent, calls share one kept connection', async () => {
+  it('in the agent, calls share one kept connection', () => {
     keepConnectionsAcrossCalls();
-    const gw = await gateway();
-    try {
+    return withGateway(async (gw) => {
       for (let i = 0; i < 3; i++) await call(gw.endpoint);
       expect(gw.connections()).toBe(1);
-    } finally {
-      await gw.close();
-    }
+    });
   });
 
-  it('a kept connection etcd cut meanwhile is replaced: the call succeeds on a new one', async () => {
+  it('a kept connection etcd cut meanwhile is replaced: the call succeeds on a new one', () => {
     keepConnectionsAcrossCalls();
-    const gw = await gateway();
-    try {
+    return withGateway(async (gw) => {
       await call(gw.endpoint);
       gw.resetNextReused();
       await call(gw.endpoint);
       expect(gw.connections()).toBe(2);
-    } finally {
-      await gw.close();
-    }
+    });
   });
 });
