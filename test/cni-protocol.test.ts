@@ -295,6 +295,29 @@ describe('calico-ipam: datastore', () => {
     }
   });
 
+  it('writing a new code cache (after an upgrade) removes cache files older than 30 days, and keeps younger ones', () => {
+    const cacheDir = fs.mkdtempSync(path.join(os.tmpdir(), 'cts-cache-prune-'));
+    try {
+      const old = path.join(cacheDir, 'calico-ipam-1-2-3-v0.0.0-x64.v8cache');
+      const young = path.join(cacheDir, 'calico-1-2-3-v0.0.0-x64.v8cache');
+      const leftover = path.join(cacheDir, 'calico-1-2-3-v0.0.0-x64.v8cache.99.tmp');
+      for (const f of [old, young, leftover]) fs.writeFileSync(f, 'x');
+      const daysAgo = (d: number) => new Date(Date.now() - d * 24 * 3600 * 1000);
+      fs.utimesSync(old, daysAgo(40), daysAgo(40));
+      fs.utimesSync(young, daysAgo(20), daysAgo(20));
+      fs.utimesSync(leftover, daysAgo(1), daysAgo(1));
+      const r = spawnSync('node', [path.join(DIST, 'calico-ipam'), '--version'], { env: { PATH: process.env.PATH, CALICO_TS_CACHE_DIR: cacheDir } });
+      expect(r.status).toBe(0);
+      const left = fs.readdirSync(cacheDir);
+      expect(left).toContain(path.basename(young));
+      expect(left).not.toContain(path.basename(old));
+      expect(left).not.toContain(path.basename(leftover));
+      expect(left.filter((f) => f.startsWith('calico-ipam-') && f !== path.basename(old))).toHaveLength(1);
+    } finally {
+      fs.rmSync(cacheDir, { recursive: true, force: true });
+    }
+  });
+
   it.each(['http', 'grpc'] as const)('the binary works alone in an empty directory, etcd_transport %s (grpc: the compressed chunk, embedded .proto files): pool add, ADD, DEL', async (transport) => {
     // Nothing on the module search path above a temp dir may help the copy find its dependencies.
     for (const dir of [os.tmpdir(), path.dirname(os.tmpdir())]) expect(fs.existsSync(path.join(dir, 'node_modules'))).toBe(false);

@@ -160,10 +160,31 @@ function writeCacheOnExit(file: string, script: vm.Script): void {
       const tmp = `${file}.${process.pid}.tmp`;
       fs.writeFileSync(tmp, data, { mode: 0o600 });
       fs.renameSync(tmp, file);
+      pruneCache(path.dirname(file));
     } catch {
       // read-only or full disk: start without a cache next time too
     }
   });
+}
+
+const CACHE_MAX_AGE_MS = 30 * 24 * 3600 * 1000;
+
+/**
+ * Each build (and each set of node flags) has a cache file of its own, so upgrades leave old ones behind.
+ * Only when a new one was written (after an upgrade, then) are the files of the last 30 days kept: a file
+ * still in use that goes costs one compile, and comes back.
+ */
+function pruneCache(dir: string): void {
+  const now = Date.now();
+  for (const name of fs.readdirSync(dir)) {
+    if (!name.endsWith('.v8cache') && !name.endsWith('.tmp')) continue;
+    try {
+      const file = path.join(dir, name);
+      if (now - fs.statSync(file).mtimeMs > (name.endsWith('.tmp') ? 3600_000 : CACHE_MAX_AGE_MS)) fs.rmSync(file, { force: true });
+    } catch {
+      // gone meanwhile, or not ours to remove
+    }
+  }
 }
 
 /** Compiles one part as a CommonJS module body, from the code cache when there is a good one. */
