@@ -9,7 +9,7 @@ import { startAgent, type Agent } from './helpers/agent';
 import { cnitool, cnitoolContainerId, netconfDir, requireCnitool, type NetConfDir } from './helpers/cnitool';
 import { startEtcd, type EtcdServer } from './helpers/etcd';
 import { createNetns, type Netns } from './helpers/netns';
-import { cniEnv, requireBuilt, runPlugin } from './helpers/plugin';
+import { addPool, cniEnv, requireBuilt, runPlugin } from './helpers/plugin';
 
 /*
  * The node agent (`calico agent`): calls whose config names its socket run in that one long-lived process.
@@ -86,8 +86,7 @@ beforeAll(async () => {
   requireBuilt();
   requireCnitool();
   etcd = await startEtcd();
-  const r = await runPlugin('calico-ipam', { env: {}, args: ['pool', 'add', POOL, '--etcd-endpoints', etcd.endpoint] });
-  expect(r.status, r.stderr).toBe(0);
+  await addPool(etcd.endpoint, POOL);
   agent = await startAgent();
 });
 

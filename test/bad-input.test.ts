@@ -14,7 +14,7 @@ import { startEtcd, type EtcdServer } from './helpers/etcd';
 import { getPrefixAt } from './helpers/etcdctl';
 import { checkIpamInvariants } from './helpers/ipam-invariants';
 import { createNetns, type Netns } from './helpers/netns';
-import { cniEnv, requireBuilt, runPlugin, type PluginRun } from './helpers/plugin';
+import { addPool, cniEnv, requireBuilt, runPlugin, type PluginRun } from './helpers/plugin';
 
 const exec = promisify(execFile);
 const NET = 'badnet';
@@ -104,8 +104,7 @@ beforeAll(async () => {
   requireBuilt();
   etcd = await startEtcd();
   ns = await createNetns('ctsbad');
-  const pool = await runPlugin('calico-ipam', { env: {}, args: ['pool', 'add', POOL, '--etcd-endpoints', etcd.endpoint] });
-  expect(pool.status, pool.stderr).toBe(0);
+  await addPool(etcd.endpoint, POOL);
   // Control: the base config and env work for both binaries (so each case fails for its own defect), and
   // leave the node with its block, Node and profile, as a node that has run pods before.
   for (const bin of BOTH) {

@@ -8,7 +8,7 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { cnitool, cnitoolContainerId, exampleConflist, netconfDir, requireCnitool, type NetConfDir } from './helpers/cnitool';
 import { startEtcd, type EtcdServer } from './helpers/etcd';
 import { createNetns, type Netns } from './helpers/netns';
-import { cniEnv, requireBuilt, runPlugin } from './helpers/plugin';
+import { addPool, cniEnv, requireBuilt, runPlugin } from './helpers/plugin';
 
 /*
  * The calico network plugin on real network namespaces, a real etcd and the built binaries, driven by
@@ -74,8 +74,7 @@ beforeAll(async () => {
   requireBuilt();
   requireCnitool();
   etcd = await startEtcd();
-  const r = await runPlugin('calico-ipam', { env: {}, args: ['pool', 'add', POOL, '--etcd-endpoints', etcd.endpoint] });
-  expect(r.status, r.stderr).toBe(0);
+  await addPool(etcd.endpoint, POOL);
 });
 
 afterAll(async () => {
@@ -239,8 +238,7 @@ describe('nothing is left behind', () => {
 
   it('a failure on the host side (the route to the pod is taken) undoes the endpoint written meanwhile, the veth and the address', async () => {
     const pool = '10.124.7.0/26';
-    const added = await runPlugin('calico-ipam', { env: {}, args: ['pool', 'add', pool, '--name', 'hostfail', '--etcd-endpoints', etcd.endpoint] });
-    expect(added.status, added.stderr).toBe(0);
+    await addPool(etcd.endpoint, pool, ['--name', 'hostfail']);
     // Every address of the pool already has a host route, on a link of this test's own (a veth pair:
     // this kernel may have no dummy driver).
     const dummy = `ctsrt${process.pid % 100000}`;

@@ -12,7 +12,7 @@ import { revision } from './helpers/etcdctl';
 import { checkIpamInvariants } from './helpers/ipam-invariants';
 import { spawnPlugin, waitGroupGone } from './helpers/kill';
 import { createNetns, type Netns } from './helpers/netns';
-import { cniEnv, requireBuilt, runPlugin } from './helpers/plugin';
+import { addPool, cniEnv, requireBuilt, runPlugin } from './helpers/plugin';
 import { encodeAffinity } from '../shared/calico/model';
 
 const exec = promisify(execFile);
@@ -162,8 +162,7 @@ let tailMs = 0;
 beforeAll(async () => {
   requireBuilt();
   etcd = await startEtcd();
-  const r = await runPlugin('calico-ipam', { env: {}, args: ['pool', 'add', POOL, '--etcd-endpoints', etcd.endpoint] });
-  expect(r.status, r.stderr).toBe(0);
+  await addPool(etcd.endpoint, POOL);
   // The typical ADD (spawn to exit), after one warm-up that also fills the code cache.
   const times: number[] = [];
   const works: number[] = [];

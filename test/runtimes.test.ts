@@ -4,7 +4,7 @@ import path from 'node:path';
 import { exampleConflist, GO_PLUGINS, netconfDir, type NetConfDir } from './helpers/cnitool';
 import { startEtcd, type EtcdServer } from './helpers/etcd';
 import { checkIpamInvariants } from './helpers/ipam-invariants';
-import { DIST, requireBuilt, runPlugin } from './helpers/plugin';
+import { addPool, DIST, requireBuilt, runPlugin } from './helpers/plugin';
 import {
   buildBusyboxImage,
   cniConfFiles,
@@ -188,8 +188,7 @@ beforeAll(async () => {
   requireBuilt();
   image = await buildBusyboxImage();
   etcd = await startEtcd();
-  const r = await runPlugin('calico-ipam', { env: {}, args: ['pool', 'add', POOL, '--etcd-endpoints', etcd.endpoint] });
-  expect(r.status, r.stderr).toBe(0);
+  await addPool(etcd.endpoint, POOL);
 });
 
 afterAll(async () => {

@@ -105,3 +105,9 @@ export function cniEnv(o: CniEnvOptions): Record<string, string> {
   if (o.args !== undefined) env.CNI_ARGS = o.args;
   return env;
 }
+
+/** `calico-ipam pool add CIDR [args]` against an etcd, as an operator creates a pool; throws with its stderr. */
+export async function addPool(endpoint: string, cidr: string, args: readonly string[] = []): Promise<void> {
+  const r = await runPlugin('calico-ipam', { env: {}, args: ['pool', 'add', cidr, ...args, '--etcd-endpoints', endpoint] });
+  if (r.status !== 0) throw new Error(`calico-ipam pool add ${cidr} exited ${r.status}: ${r.stderr}`);
+}
