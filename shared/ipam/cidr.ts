@@ -94,12 +94,4 @@ export function canonicalCidr(s: string): string | undefined {
   return c ? formatCidr(c) : undefined;
 }
 
-/** 32-bit FNV-1 (not 1a) of a string; seeds each host's block search so hosts spread over a pool. */
-export function fnv1(s: string): number {
-  let h = 0x811c9dc5;
-  for (const b of Buffer.from(s)) {
-    h = Math.imul(h, 0x01000193) >>> 0;
-    h = (h ^ b) >>> 0;
-  }
-  return h;
-}
+export { fnv1 } from '../hash';

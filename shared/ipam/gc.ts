@@ -130,12 +130,12 @@ export async function collectGarbage(store: Store, opts: GcOptions): Promise<GcA
   }
   pending.push(...(await unchangedAfter(store, undated, Math.min(opts.graceMs, PENDING_SETTLE_MS), opts.sleep)));
   for (const kv of pending) {
-    const cidr = parseAffinityKey(kv.key)?.cidr ?? '';
+    const { family, cidr } = parseAffinityKey(kv.key) ?? { family: 4, cidr: '' };
     const block = blocks.get(cidr);
     const action = pendingAction(kv.key, cidr, block?.block, opts.node);
     if (!opts.dryRun) {
       // Guarded by the block too: a block created, released or re-assigned meanwhile is judged next run.
-      const blockKey = keys.block(parseCidr(cidr)?.family ?? 4, cidr);
+      const blockKey = keys.block(family, cidr);
       const then: Op = action.kind === 'confirm-affinity' ? { op: 'put', key: kv.key, value: encodeAffinity('confirmed') } : { op: 'delete', key: kv.key };
       const done = await store.txn([{ key: kv.key, modRevision: kv.modRevision }, { key: blockKey, modRevision: block?.kv.modRevision ?? 0 }], [then]);
       if (!done.succeeded) continue;

@@ -21,6 +21,7 @@ import { deadlineMs } from '../cni/deadline';
 import { readStdinSync, writeAllSync } from '../cni/stdio';
 import { AGENT_PROTOCOL, agentSocketOf, callAgent, namespacesOf } from './agent-client';
 import { handBuildId, handStdin, takeHandedStdin } from './handover';
+import { fnv1 } from '../hash';
 
 // Every other built-in module is required where it is used: VERSION must not pay for loading them.
 const lazy = {
@@ -131,15 +132,8 @@ function cacheFile(self: string, st: fs.Stats, part: string): string | undefined
   if (process.env.CALICO_TS_CODE_CACHE === '0') return undefined;
   const dir = process.env.CALICO_TS_CACHE_DIR || '/var/cache/calico-ts';
   const flags = nodeFlags().join(' ');
-  const id = `${path.basename(self)}-${st.ino}-${st.size}-${Math.trunc(st.mtimeMs)}-${process.version}-${process.arch}${flags ? `-${flagsTag(flags)}` : ''}`;
+  const id = `${path.basename(self)}-${st.ino}-${st.size}-${Math.trunc(st.mtimeMs)}-${process.version}-${process.arch}${flags ? `-${fnv1(flags).toString(16)}` : ''}`;
   return path.join(dir, `${id}${part === 'main' ? '' : `-${part}`}.v8cache`);
-}
-
-/** A short, file-name-safe tag of the node flags (FNV-1a). */
-function flagsTag(flags: string): string {
-  let h = 0x811c9dc5;
-  for (let i = 0; i < flags.length; i++) h = Math.imul(h ^ flags.charCodeAt(i), 0x01000193) >>> 0;
-  return h.toString(16);
 }
 
 function readCache(file: string | undefined): Buffer | undefined {
