@@ -37,13 +37,16 @@ export async function main(argv: string[], spec: PluginSpec): Promise<number> {
     process.stderr.write(`calico agent: --max-calls needs a positive integer, not ${JSON.stringify(maxCalls ?? '')}\n`);
     return 2;
   }
-  // One process for every call: its etcd connections (and TLS sessions) outlive a call.
-  keepConnectionsAcrossCalls();
-  const agent = await startAgent({ socket, spec, build: buildId() ?? `unbuilt-${VERSION}`, maxCalls: limit, log: (line) => process.stderr.write(line) });
-  await new Promise<void>((resolve) => {
+  // Listened for before the agent serves: a SIGTERM just after "serving" must stop it cleanly (socket
+  // removed), not kill it by the signal's default action.
+  const stopRequested = new Promise<void>((resolve) => {
     process.once('SIGTERM', resolve);
     process.once('SIGINT', resolve);
   });
+  // One process for every call: its etcd connections (and TLS sessions) outlive a call.
+  keepConnectionsAcrossCalls();
+  const agent = await startAgent({ socket, spec, build: buildId() ?? `unbuilt-${VERSION}`, maxCalls: limit, log: (line) => process.stderr.write(line) });
+  await stopRequested;
   await agent.close();
   closeSharedConnections();
   return 0;
