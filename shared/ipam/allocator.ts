@@ -52,6 +52,8 @@ export interface AssignOutcome {
   allocations: Allocation[];
   /** True when the handle already held addresses and nothing was allocated (a repeated ADD). */
   existing: boolean;
+  /** How many ADDs the transaction that made this assignment served, when more than one. */
+  together?: number;
 }
 
 export interface AllocatorOptions {
@@ -71,6 +73,8 @@ export interface AllocatorStats {
 
 interface Snapshot {
   handle: KeyValue | undefined;
+  /** Every handle read (the first is `handle`), by id: several when ADDs are assigned together. */
+  handles: Map<string, KeyValue | undefined>;
   config: EffectiveIpamConfig;
   pools: IpPool[];
   node: KeyValue | undefined;
@@ -93,6 +97,9 @@ interface HostAffinity {
  */
 const CLAIM_IN_FLIGHT_MS = 30_000;
 const MAX_CLAIM_WAITS = 25;
+
+/** Rounds of assigning a group of requests together before the rest go one by one. */
+const GROUP_ROUNDS = 4;
 
 /** A conflict on a guarded write: re-read everything and try again. */
 class Conflict extends Error {}
@@ -165,6 +172,104 @@ export class Allocator {
     return { allocations: out, existing: false };
   }
 
+  /**
+   * Several ADDs of this host at once (calls queued in the node agent): when the host's blocks have room,
+   * one snapshot, one read of the blocks and one transaction serve all of them, guarded exactly as one
+   * assignment is (every block's revision, every handle absent), so nothing can be handed out twice.
+   * What that path does not cover (exact addresses, a handle that holds addresses, no room left, a lost
+   * race, any error) is then assigned on its own, as `assign` does it. One outcome per request, in order.
+   */
+  async assignTogether(reqs: readonly AssignRequest[]): Promise<PromiseSettledResult<AssignOutcome>[]> {
+    const done = new Map<AssignRequest, PromiseSettledResult<AssignOutcome>>();
+    const alone = async (req: AssignRequest): Promise<void> => {
+      try {
+        done.set(req, { status: 'fulfilled', value: await this.assign(req) });
+      } catch (e) {
+        done.set(req, { status: 'rejected', reason: e });
+      }
+    };
+    let pending = [...reqs];
+    // Each round assigns together what fits; the first request that did not then goes alone, which may
+    // claim a block the next round fills. Bounded, so requests that never fit cost few wasted reads.
+    for (let round = 0; pending.length > 1 && round < GROUP_ROUNDS; round++) {
+      this.stats.attempts++;
+      const together = await this.assignInOneTxn(pending).catch((e: unknown) => {
+        this.opts.log?.debug('assigning together failed', { requests: pending.length, why: String(e) });
+        return new Map<AssignRequest, Allocation[]>();
+      });
+      for (const [req, allocations] of together) done.set(req, { status: 'fulfilled', value: { allocations, existing: false, together: together.size } });
+      pending = pending.filter((r) => !together.has(r));
+      const first = pending.shift();
+      if (first) await alone(first);
+    }
+    for (const req of pending) await alone(req);
+    return reqs.map((r) => done.get(r) ?? { status: 'rejected', reason: new Error(`no outcome for ${r.handleId}`) });
+  }
+
+  /** The requests that fit in this host's blocks as they are, written in one guarded transaction. */
+  private async assignInOneTxn(reqs: readonly AssignRequest[]): Promise<Map<AssignRequest, Allocation[]>> {
+    const candidates = reqs.filter((r) => !r.ips?.length);
+    const families = [...new Set(candidates.flatMap((r) => r.families.map((f) => f.family)))];
+    const snap = await this.readSnapshot(candidates.map((r) => r.handleId), families);
+    const affine = families.flatMap((f) => (snap.affinities.get(f) ?? []).filter((a) => a.confirmed).map((a) => a.cidr));
+    let blocks = new Map<string, { kv: KeyValue; block: Block }>();
+    for (const b of await this.readBlocks(affine)) {
+      if (b.kv && b.block?.affinity === `host:${this.node}`) blocks.set(b.cidr, { kv: b.kv, block: b.block });
+    }
+    const taken = new Map<AssignRequest, Allocation[]>();
+    const handles = new Set<string>();
+    for (const req of candidates) {
+      // A handle holding addresses is a repeated ADD, and one handle twice in a batch would be one key
+      // written twice in a transaction: both are left to `assign`.
+      if (snap.handles.get(req.handleId) || handles.has(req.handleId)) continue;
+      const trial = new Map(blocks);
+      const got = this.fitInBlocks(req, snap, trial);
+      if (!got) continue;
+      blocks = trial;
+      taken.set(req, got);
+      handles.add(req.handleId);
+    }
+    if (taken.size === 0) return taken;
+    const touched = new Set([...taken.values()].flat().map((a) => a.blockCidr));
+    const written = [...blocks.values()].filter((b) => touched.has(b.block.cidr));
+    const compares: Compare[] = [
+      ...written.map((b) => ({ key: b.kv.key, modRevision: b.kv.modRevision })),
+      ...[...handles].map((h) => guard(keys.handle(h), undefined)),
+      ...this.nodeGuards(snap),
+    ];
+    const ops: Op[] = [
+      ...written.map((b): Op => ({ op: 'put', key: b.kv.key, value: encodeBlock(b.block) })),
+      ...[...taken].map(([req, allocs]): Op => ({ op: 'put', key: keys.handle(req.handleId), value: encodeHandle(countByBlock(allocs)) })),
+      ...this.nodeOps(snap),
+    ];
+    const res = await this.store.txn(compares, ops);
+    if (!res.succeeded) throw new Conflict('the blocks or handles of a group of assignments changed');
+    return taken;
+  }
+
+  /** One address per family of `req` from the host's blocks in `blocks` (updated in place), or undefined. */
+  private fitInBlocks(req: AssignRequest, snap: Snapshot, blocks: Map<string, { kv: KeyValue; block: Block }>): Allocation[] | undefined {
+    const got: Allocation[] = [];
+    for (const f of req.families) {
+      let pools: { pool: IpPool; cidr: Cidr }[];
+      try {
+        pools = this.allowedPools(snap, f);
+      } catch {
+        return undefined; // `assign` reports it
+      }
+      const usable = [...blocks].flatMap(([at, b]) => {
+        const c = parseCidr(b.block.cidr);
+        return c !== undefined && c.family === f.family && pools.some((p) => cidrContains(p.cidr, c.family, c.base)) ? [{ at, ...b }] : [];
+      });
+      const choice = this.chooseBlock(usable, snap.config);
+      if (!choice) return undefined;
+      const updated = allocateOrdinal(choice.block, choice.ord, req.handleId, req.attrs);
+      blocks.set(choice.at, { kv: choice.kv, block: updated });
+      got.push(...this.allocationsIn(updated, [choice.ord]));
+    }
+    return got;
+  }
+
   /** DEL: frees every address the handle holds and removes the handle. A missing handle frees nothing. */
   async releaseHandle(handleId: string): Promise<Allocation[]> {
     return this.releaseHandles([handleId]);
@@ -175,7 +280,39 @@ export class Allocator {
    * read of the handles, one of their blocks and one transaction. Missing handles free nothing.
    */
   async releaseHandles(handleIds: readonly string[]): Promise<Allocation[]> {
-    return this.retrying(`release handle ${handleIds.join(', ')}`, () => this.releaseHandlesOnce([...new Set(handleIds)]));
+    const byHandle = await this.retrying(`release handle ${handleIds.join(', ')}`, () => this.releaseHandlesOnce([...new Set(handleIds)]));
+    return [...byHandle.values()].flat();
+  }
+
+  /**
+   * Several DELs of this host at once (calls queued in the node agent), each with its handles, released in
+   * one read of the handles, one of their blocks and one transaction; if that fails, one by one. A handle
+   * listed by two calls counts for the first. One outcome per call, in order.
+   */
+  async releaseTogether(calls: readonly (readonly string[])[]): Promise<PromiseSettledResult<Allocation[]>[]> {
+    if (calls.length > 1) {
+      try {
+        const all = [...new Set(calls.flat())];
+        const byHandle = await this.retrying(`release ${calls.length} calls' handles`, () => this.releaseHandlesOnce(all));
+        const counted = new Set<string>();
+        return calls.map((ids) => {
+          const fresh = ids.filter((id) => !counted.has(id));
+          fresh.forEach((id) => counted.add(id));
+          return { status: 'fulfilled', value: fresh.flatMap((id) => byHandle.get(id) ?? []) };
+        });
+      } catch (e) {
+        this.opts.log?.debug('releasing together failed, releasing one by one', { calls: calls.length, why: String(e) });
+      }
+    }
+    const out: PromiseSettledResult<Allocation[]>[] = [];
+    for (const ids of calls) {
+      try {
+        out.push({ status: 'fulfilled', value: await this.releaseHandles(ids) });
+      } catch (e) {
+        out.push({ status: 'rejected', reason: e });
+      }
+    }
+    return out;
   }
 
   /** The addresses a handle holds now (for CHECK and for reporting). */
@@ -193,19 +330,22 @@ export class Allocator {
     return parsed.family;
   }
 
-  private async readSnapshot(handleId: string, families: readonly Family[]): Promise<Snapshot> {
+  private async readSnapshot(handleIds: string | readonly string[], families: readonly Family[]): Promise<Snapshot> {
+    const ids = typeof handleIds === 'string' ? [handleIds] : handleIds;
+    const n = ids.length;
     const reads: Read[] = [
-      { key: keys.handle(handleId) },
+      ...ids.map((id) => ({ key: keys.handle(id) })),
       { key: keys.ipamConfig },
       { prefix: keys.poolPrefix },
       { key: keys.node(this.node) },
       ...families.map((f) => ({ prefix: keys.hostAffinityPrefix(this.node, f) })),
     ];
     const res = await this.store.read(reads);
-    const [handle, config, pools, node] = [res[0]?.[0], res[1]?.[0], res[2] ?? [], res[3]?.[0]];
+    const handles = new Map(ids.map((id, i) => [id, res[i]?.[0]]));
+    const [config, pools, node] = [res[n]?.[0], res[n + 1] ?? [], res[n + 2]?.[0]];
     const affinities = new Map<Family, HostAffinity[]>();
     families.forEach((f, i) => {
-      const list = (res[4 + i] ?? []).flatMap((kv) => {
+      const list = (res[n + 3 + i] ?? []).flatMap((kv) => {
         const parsed = parseAffinityKey(kv.key);
         if (!parsed) return [];
         const aff = parseJsonAt(kv.key, kv.value, decodeAffinity);
@@ -215,7 +355,8 @@ export class Allocator {
     });
     const nodeLabels = node ? (parseJsonAt(node.key, node.value, decodeNode).metadata.labels ?? {}) : {};
     return {
-      handle,
+      handle: res[0]?.[0],
+      handles,
       config: effectiveIpamConfig(config?.value),
       pools: pools.flatMap((kv) => {
         try {
@@ -525,25 +666,25 @@ export class Allocator {
 
   // ---- release -----------------------------------------------------------------------------------------
 
-  private async releaseHandlesOnce(handleIds: readonly string[]): Promise<Allocation[]> {
+  private async releaseHandlesOnce(handleIds: readonly string[]): Promise<Map<string, Allocation[]>> {
     const res = await this.store.read(handleIds.map((h) => ({ key: keys.handle(h) })));
     const handles = handleIds.flatMap((id, i) => {
       const kv = res[i]?.[0];
       return kv ? [{ id, kv, cidrs: Object.keys(parseJsonAt(kv.key, kv.value, decodeHandle).block ?? {}) }] : [];
     });
-    if (handles.length === 0) return [];
+    const released = new Map<string, Allocation[]>();
+    if (handles.length === 0) return released;
     const blocks = await this.readBlocks([...new Set(handles.flatMap((h) => h.cidrs))]);
     const now = this.now();
     const compares: Compare[] = handles.map((h) => ({ key: h.kv.key, modRevision: h.kv.modRevision }));
     const ops: Op[] = handles.map((h) => ({ op: 'delete', key: h.kv.key }));
-    const released: Allocation[] = [];
     for (const { kv, block } of blocks) {
       if (!kv || !block) continue;
       let updated = block;
       for (const h of handles) {
         const ords = ordinalsOf(updated, h.id);
         if (ords.length === 0) continue;
-        released.push(...this.allocationsIn(updated, ords));
+        released.set(h.id, [...(released.get(h.id) ?? []), ...this.allocationsIn(updated, ords)]);
         updated = releaseOrdinals(updated, ords, now);
       }
       if (updated === block) continue;
@@ -580,6 +721,12 @@ export class Allocator {
       `failed to ${what}: gave up after ${this.maxAttempts} attempts that each lost a race with another writer (excessive concurrent IPAM requests)`,
     );
   }
+}
+
+function countByBlock(allocs: readonly Allocation[]): Record<string, number> {
+  const counts: Record<string, number> = {};
+  for (const a of allocs) counts[a.blockCidr] = (counts[a.blockCidr] ?? 0) + 1;
+  return counts;
 }
 
 /** Whether the affinities read now differ (a key added, removed or rewritten) from the snapshot's. */

@@ -8,7 +8,7 @@ import type { Store } from '../store/store';
 import { Allocator, type Allocation, type AssignRequest, type FamilyRequest } from './allocator';
 import { ordinalsOf } from './block';
 import { parseCidr, parseIp } from './cidr';
-import { withHostLock } from './host-lock';
+import { inGroup } from '../sync/group';
 import { listPools } from './pools';
 import { keys } from '../calico/keys';
 import { decodeBlock, decodeHandle } from '../calico/model';
@@ -89,20 +89,43 @@ export function resultOf(version: string, allocations: readonly Allocation[]): R
   return { cniVersion: version, ips: allocations.map((a) => ({ address: a.address })) };
 }
 
-/** The host lock's key: this node in this datastore. */
+/**
+ * The host lock's key: this node in this datastore. One IPAM change at a time per host, within one process
+ * (upstream takes a host-wide file lock for the same reason). In a plugin process (one call) it costs
+ * nothing; in the node agent, where many calls of one host run at once, it turns a storm of conflicting
+ * transactions on the host's block (each loser re-reads and backs off) into a queue, whose waiting calls
+ * are then served together (shared/sync/group.ts, Allocator.assignTogether and releaseTogether). Other
+ * hosts and other processes are still kept apart by the guarded transactions, not by this.
+ */
 function hostKey(call: Pick<IpamCall, 'conf' | 'node' | 'env'>): string {
-  return `${call.node}@${call.conf.etcd_endpoints ?? call.env.vars.ETCD_ENDPOINTS ?? ''}`;
+  return `ipam-host:${call.node}@${call.conf.etcd_endpoints ?? call.env.vars.ETCD_ENDPOINTS ?? ''}`;
 }
+
+/**
+ * Calls of one host that queue for its lock (in the node agent) are run as a group with the store of the
+ * first; only calls that reach etcd with the same settings share a group.
+ */
+function groupKey(verb: string, call: Pick<IpamCall, 'conf' | 'node' | 'env'>): string {
+  const c = call.conf;
+  return JSON.stringify([verb, hostKey(call), c.etcd_transport, c.etcd_key_file, c.etcd_cert_file, c.etcd_ca_cert_file, c.etcd_username, c.etcd_password]);
+}
+
+/** Most calls in one group: keeps a group's transaction well under etcd's 128 operations (--max-txn-ops). */
+const GROUP_MAX = 16;
 
 export async function ipamAdd(call: IpamCall): Promise<Result> {
   const alloc = allocatorFor(call);
   const req = assignRequest(call);
-  const outcome = await withHostLock(hostKey(call), () => alloc.assign(req));
+  const outcome = await inGroup(
+    { lock: hostKey(call), queue: groupKey('assign', call), max: GROUP_MAX, run: (reqs: AssignRequest[]) => alloc.assignTogether(reqs) },
+    req,
+  );
   call.log.info(outcome.existing ? 'handle already holds addresses' : 'assigned', {
     handle: handleIdFor(call.conf, call.env.containerId),
     ips: outcome.allocations.map((a) => a.address),
     attempts: alloc.stats.attempts,
     roundTrips: call.store.roundTrips,
+    ...(outcome.together ? { together: outcome.together } : {}),
   });
   // Upstream reports explicitly requested addresses (IP=, runtimeConfig.ips) as /32 or /128, not block-masked.
   const allocations = req.ips ? outcome.allocations.map((a) => ({ ...a, address: `${a.ip}/${a.family === 4 ? 32 : 128}` })) : outcome.allocations;
@@ -112,7 +135,10 @@ export async function ipamAdd(call: IpamCall): Promise<Result> {
 /** Releases both handle forms; nothing held is success, so DEL can be repeated. */
 export async function ipamDel(call: IpamCall): Promise<Allocation[]> {
   const handles = [handleIdFor(call.conf, call.env.containerId), legacyHandleId(call.env)];
-  const released = await withHostLock(hostKey(call), () => allocatorFor(call).releaseHandles(handles));
+  const released = await inGroup(
+    { lock: hostKey(call), queue: groupKey('release', call), max: GROUP_MAX, run: (calls: string[][]) => allocatorFor(call).releaseTogether(calls) },
+    handles,
+  );
   call.log.info('released', { handle: handleIdFor(call.conf, call.env.containerId), ips: released.map((a) => a.ip) });
   return released;
 }

@@ -4,7 +4,7 @@
  * consistent (checkIpamInvariants) whatever the interleaving.
  */
 import { describe, expect, it } from 'vitest';
-import { Allocator } from '../../shared/ipam/allocator';
+import { Allocator, type AssignOutcome } from '../../shared/ipam/allocator';
 import { MemoryStore } from '../../shared/store/memory';
 import { addPool, type PoolSpecInput } from '../../shared/ipam/pools';
 import { cidrContains, parseCidr, parseIp } from '../../shared/ipam/cidr';
@@ -29,6 +29,8 @@ const HOSTS = 6;
 const WORKERS_PER_HOST = 8;
 const ASSIGNS_PER_WORKER = 10;
 const RELEASE_PROBABILITY = 0.3;
+/** Requests per assignTogether call on the hosts that group them. */
+const GROUP = 5;
 
 interface Scenario {
   pools: PoolSpecInput[];
@@ -41,6 +43,8 @@ interface Outcome {
   released: number;
   failures: Map<number, number>;
   borrowed: number;
+  /** Assignments a group's single transaction made. */
+  together: number;
 }
 
 /** Handle -> sorted IPs, from the blocks alone. */
@@ -75,61 +79,92 @@ async function runScenario(seed: number, scenario: Scenario): Promise<Outcome> {
   const liveIps = new Map<string, string>(); // ip -> handle
   const liveHandles = new Map<string, { host: string; ips: string[] }>();
   const violations: string[] = [];
-  const outcome: Outcome = { assigned: 0, released: 0, failures: new Map(), borrowed: 0 };
+  const outcome: Outcome = { assigned: 0, released: 0, failures: new Map(), borrowed: 0, together: 0 };
 
-  const worker = async (host: string, w: number): Promise<void> => {
+  const record = (host: string, handleId: string, settled: PromiseSettledResult<AssignOutcome>): boolean => {
+    if (settled.status === 'rejected') {
+      const e: unknown = settled.reason;
+      if (e instanceof CniError && scenario.allowedFailures.includes(e.code)) {
+        outcome.failures.set(e.code, (outcome.failures.get(e.code) ?? 0) + 1);
+      } else {
+        violations.push(`${handleId}: unexpected failure ${e instanceof CniError ? `code ${e.code}: ` : ''}${(e as Error).message}`);
+      }
+      return false;
+    }
+    const out = settled.value;
+    if (out.existing) violations.push(`${handleId}: a fresh handle was reported as existing`);
+    if (out.allocations.length !== 1) violations.push(`${handleId}: got ${out.allocations.length} addresses`);
+    for (const a of out.allocations) {
+      const holder = liveIps.get(a.ip);
+      if (holder !== undefined) violations.push(`${a.ip} handed to ${handleId} while live in ${holder}`);
+      liveIps.set(a.ip, handleId);
+      const ip = parseIp(a.ip);
+      const block = parseCidr(a.blockCidr);
+      if (!ip || !block) {
+        violations.push(`${handleId}: unparsable result ${JSON.stringify(a)}`);
+        continue;
+      }
+      if (!poolCidrs.some((p) => cidrContains(p, ip.family, ip.value))) violations.push(`${a.ip} is in no pool`);
+      if (!cidrContains(block, ip.family, ip.value)) violations.push(`${a.ip} is not inside its block ${a.blockCidr}`);
+      const blockText = store.snapshot().get(keys.block(4, a.blockCidr));
+      if (blockText && decodeBlock(blockText).affinity !== `host:${host}`) outcome.borrowed++;
+    }
+    liveHandles.set(handleId, { host, ips: out.allocations.map((a) => a.ip).sort() });
+    outcome.assigned++;
+    if (out.together) outcome.together++;
+    return true;
+  };
+
+  const checkReleased = (victim: string, freed: readonly { ip: string }[], held: { ips: string[] } | undefined): void => {
+    const freedIps = freed.map((a) => a.ip).sort();
+    if (JSON.stringify(freedIps) !== JSON.stringify(held?.ips ?? [])) {
+      violations.push(`release of ${victim} freed ${JSON.stringify(freedIps)}, it held ${JSON.stringify(held?.ips)}`);
+    }
+    outcome.released++;
+  };
+
+  const forget = (victim: string): { ips: string[] } | undefined => {
+    const held = liveHandles.get(victim);
+    liveHandles.delete(victim);
+    for (const ip of held?.ips ?? []) liveIps.delete(ip);
+    return held;
+  };
+
+  // Workers on even hosts assign one address at a time, as plugin processes do. On odd hosts each round
+  // assigns GROUP at once and releases up to two at once, as the node agent's queued calls are served;
+  // they race the other workers of their host too, which the agent's host lock would keep apart.
+  const worker = async (host: string, w: number, grouped: boolean): Promise<void> => {
     const al = new Allocator({ store, node: host, random, maxAttempts: 100 });
     const mine: string[] = [];
-    for (let i = 0; i < ASSIGNS_PER_WORKER; i++) {
-      const handleId = `net1.${host}-w${w}-${i}`;
-      try {
-        const out = await al.assign({ handleId, attrs: { node: host, timestamp: `t${i}` }, families: [{ family: 4 }] });
-        if (out.existing) violations.push(`${handleId}: a fresh handle was reported as existing`);
-        if (out.allocations.length !== 1) violations.push(`${handleId}: got ${out.allocations.length} addresses`);
-        for (const a of out.allocations) {
-          const holder = liveIps.get(a.ip);
-          if (holder !== undefined) violations.push(`${a.ip} handed to ${handleId} while live in ${holder}`);
-          liveIps.set(a.ip, handleId);
-          const ip = parseIp(a.ip);
-          const block = parseCidr(a.blockCidr);
-          if (!ip || !block) {
-            violations.push(`${handleId}: unparsable result ${JSON.stringify(a)}`);
-            continue;
-          }
-          if (!poolCidrs.some((p) => cidrContains(p, ip.family, ip.value))) violations.push(`${a.ip} is in no pool`);
-          if (!cidrContains(block, ip.family, ip.value)) violations.push(`${a.ip} is not inside its block ${a.blockCidr}`);
-          const blockText = store.snapshot().get(keys.block(4, a.blockCidr));
-          if (blockText && decodeBlock(blockText).affinity !== `host:${host}`) outcome.borrowed++;
-        }
-        liveHandles.set(handleId, { host, ips: out.allocations.map((a) => a.ip).sort() });
-        mine.push(handleId);
-        outcome.assigned++;
-      } catch (e) {
-        if (e instanceof CniError && scenario.allowedFailures.includes(e.code)) {
-          outcome.failures.set(e.code, (outcome.failures.get(e.code) ?? 0) + 1);
-        } else {
-          violations.push(`${handleId}: unexpected failure ${e instanceof CniError ? `code ${e.code}: ` : ''}${(e as Error).message}`);
-        }
-      }
+    const rounds = grouped ? Math.ceil(ASSIGNS_PER_WORKER / GROUP) : ASSIGNS_PER_WORKER;
+    for (let i = 0; i < rounds; i++) {
+      const ids = Array.from({ length: grouped ? GROUP : 1 }, (_, k) => `net1.${host}-w${w}-${i}-${k}`);
+      const reqs = ids.map((handleId) => ({ handleId, attrs: { node: host, timestamp: `t${i}` }, families: [{ family: 4 as const }] }));
+      const settled = grouped ? await al.assignTogether(reqs) : await Promise.allSettled(reqs.map((r) => al.assign(r)));
+      ids.forEach((id, k) => {
+        const got = settled[k];
+        if (got && record(host, id, got)) mine.push(id);
+      });
       if (mine.length > 0 && random() < RELEASE_PROBABILITY) {
-        const [victim] = mine.splice(Math.floor(random() * mine.length), 1);
-        if (victim === undefined) continue;
-        const held = liveHandles.get(victim);
-        // From the moment the release is sent, its addresses may be handed out again.
-        liveHandles.delete(victim);
-        for (const ip of held?.ips ?? []) liveIps.delete(ip);
-        const freed = await al.releaseHandle(victim);
-        const freedIps = freed.map((a) => a.ip).sort();
-        if (JSON.stringify(freedIps) !== JSON.stringify(held?.ips ?? [])) {
-          violations.push(`release of ${victim} freed ${JSON.stringify(freedIps)}, it held ${JSON.stringify(held?.ips)}`);
+        const victims = mine.splice(Math.floor(random() * mine.length), grouped ? 2 : 1);
+        const held = victims.map(forget);
+        if (grouped) {
+          const freed = await al.releaseTogether(victims.map((v) => [v]));
+          victims.forEach((v, k) => {
+            const f = freed[k];
+            if (f?.status === 'fulfilled') checkReleased(v, f.value, held[k]);
+            else violations.push(`grouped release of ${v} failed: ${String(f?.status === 'rejected' ? f.reason : 'no outcome')}`);
+          });
+        } else {
+          const [victim] = victims;
+          if (victim !== undefined) checkReleased(victim, await al.releaseHandle(victim), held[0]);
         }
-        outcome.released++;
       }
     }
   };
 
   const jobs: Promise<void>[] = [];
-  for (let h = 0; h < HOSTS; h++) for (let w = 0; w < WORKERS_PER_HOST; w++) jobs.push(worker(`host${h}`, w));
+  for (let h = 0; h < HOSTS; h++) for (let w = 0; w < WORKERS_PER_HOST; w++) jobs.push(worker(`host${h}`, w, h % 2 === 1));
   await Promise.all(jobs);
   expect(violations).toEqual([]);
 
@@ -167,6 +202,7 @@ describe('Allocator under random interleavings', () => {
     it(`roomy pools, seed ${seed}: ${HOSTS} hosts × ${WORKERS_PER_HOST} allocators × ${ASSIGNS_PER_WORKER} assigns, all succeed, no duplicates`, async () => {
       const out = await runScenario(seed, roomy);
       expect(out.assigned).toBe(HOSTS * WORKERS_PER_HOST * ASSIGNS_PER_WORKER);
+      expect(out.together).toBeGreaterThan(0);
       expect(out.released).toBeGreaterThan(0);
     });
   }

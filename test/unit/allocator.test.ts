@@ -486,3 +486,110 @@ describe('Allocator: results stay inside pools', () => {
     expectConsistent(store);
   });
 });
+
+describe('Allocator: ADDs and DELs of one host served together (the node agent)', () => {
+  const fulfilled = <T>(r: PromiseSettledResult<T> | undefined): T => {
+    if (r?.status !== 'fulfilled') throw new Error(`expected a success, got ${r?.status === 'rejected' ? String(r.reason) : 'nothing'}`);
+    return r.value;
+  };
+
+  it("with room in the host's block, six ADDs take one snapshot, one block read and one transaction", async () => {
+    const store = await storeWith([{ cidr: '10.30.0.0/24', blockSize: 26 }]);
+    const first = await allocator(store).assign(req('net1.first'));
+    const block = first.allocations[0]?.blockCidr ?? '';
+    const trips = store.roundTrips;
+    const ids = ['a', 'b', 'c', 'd', 'e', 'f'].map((x) => `net1.${x}`);
+    const out = (await allocator(store).assignTogether(ids.map((id) => req(id)))).map(fulfilled);
+    expect(store.roundTrips - trips).toBe(3);
+    expect(out.map((o) => o.together)).toEqual(ids.map(() => 6));
+    expect(out.map((o) => o.existing)).toEqual(ids.map(() => false));
+    const ips = out.map((o) => o.allocations[0]?.ip);
+    expect(new Set([first.allocations[0]?.ip, ...ips]).size).toBe(7);
+    for (const id of ids) expect(store.snapshot().get(keys.handle(id))).toBe(`{"block":{"${block}":1},"deleted":false}`);
+    expect(blockAt(store, block).attributes?.map((a) => a.handle_id)).toEqual(['net1.first', ...ids]);
+    expectConsistent(store);
+  });
+
+  it('a handle that holds addresses, a handle listed twice and an exact address are served one by one, as assign serves them', async () => {
+    const store = await storeWith([{ cidr: '10.31.0.0/24', blockSize: 26 }]);
+    const old = await allocator(store).assign(req('net1.old'));
+    const out = (
+      await allocator(store).assignTogether([req('net1.new'), req('net1.old'), req('net1.twice'), req('net1.twice'), req('net1.exact', [], ['10.31.0.200'])])
+    ).map(fulfilled);
+    expect(out[0]?.together).toBe(2); // net1.new and the first net1.twice
+    expect(out[1]).toEqual({ allocations: old.allocations, existing: true });
+    expect(out[2]?.together).toBe(2);
+    expect(out[3]).toEqual({ allocations: out[2]?.allocations, existing: true });
+    expect(out[4]?.allocations.map((a) => a.ip)).toEqual(['10.31.0.200']);
+    expect(allocatedCount(store)).toBe(4);
+    expectConsistent(store);
+  });
+
+  it('when the block fills part way, the first ADD left over claims a block alone and the rest fill that one together', async () => {
+    const store = await storeWith([{ cidr: '10.32.0.0/24', blockSize: 29 }]);
+    const al = allocator(store);
+    for (let i = 0; i < 6; i++) await al.assign(req(`net1.pre${i}`));
+    const out = (await allocator(store).assignTogether(['a', 'b', 'c', 'd', 'e'].map((x) => req(`net1.${x}`)))).map(fulfilled);
+    expect(out.map((o) => o.together)).toEqual([2, 2, undefined, 2, 2]);
+    const blocks = out.map((o) => o.allocations[0]?.blockCidr);
+    expect(blocks[0]).toBe(blocks[1]);
+    expect(blocks[2]).not.toBe(blocks[0]);
+    expect(new Set(blocks.slice(2)).size).toBe(1);
+    expect(new Set(out.map((o) => o.allocations[0]?.ip)).size).toBe(5);
+    expect(store.snapshot(keys.hostAffinityPrefix('node1', 4)).size).toBe(2);
+    expectConsistent(store);
+  });
+
+  it('a group that loses a race with another writer is served one by one: nothing is handed out twice', async () => {
+    const store = await storeWith([{ cidr: '10.33.0.0/24', blockSize: 26 }]);
+    await allocator(store).assign(req('net1.first'));
+    const txn = store.txn.bind(store);
+    let raced: string | undefined;
+    store.txn = async (compares, ops) => {
+      if (raced === undefined) {
+        // Another process of this host takes an address between the group's reads and its write.
+        raced = '';
+        raced = (await allocator(store).assign(req('net1.racer'))).allocations[0]?.ip ?? '';
+      }
+      return txn(compares, ops);
+    };
+    const out = (await allocator(store).assignTogether(['a', 'b', 'c'].map((x) => req(`net1.${x}`)))).map(fulfilled);
+    expect(raced).toMatch(/^10\.33\./);
+    expect(out.map((o) => o.together)).toEqual([undefined, 2, 2]); // lost, then the first alone, then the rest
+    expect(new Set([raced, ...out.map((o) => o.allocations[0]?.ip)]).size).toBe(4);
+    expect(allocatedCount(store)).toBe(5);
+    expectConsistent(store);
+  });
+
+  it('dual stack: each ADD of the group gets one address of each family, and its handle counts both blocks', async () => {
+    const store = await storeWith([{ cidr: '10.34.0.0/24', blockSize: 26 }, { cidr: 'fd00:34::/120', blockSize: 122 }]);
+    const both: FamilyRequest[] = [{ family: 4 }, { family: 6 }];
+    await allocator(store).assign(req('net1.first', both));
+    const trips = store.roundTrips;
+    const out = (await allocator(store).assignTogether(['a', 'b', 'c'].map((x) => req(`net1.${x}`, both)))).map(fulfilled);
+    expect(store.roundTrips - trips).toBe(3);
+    for (const [i, o] of out.entries()) {
+      expect(o.allocations.map((a) => a.family)).toEqual([4, 6]);
+      const counts = Object.fromEntries(o.allocations.map((a) => [a.blockCidr, 1]));
+      expect(store.snapshot().get(keys.handle(`net1.${'abc'[i]}`))).toBe(JSON.stringify({ block: counts, deleted: false }));
+    }
+    expect(new Set(out.flatMap((o) => o.allocations.map((a) => a.ip))).size).toBe(6);
+    expectConsistent(store);
+  });
+
+  it("DELs together: each call's handles freed in 3 round trips in all; a handle two calls list counts for the first; an unknown one frees nothing", async () => {
+    const store = await storeWith([{ cidr: '10.35.0.0/24', blockSize: 26 }]);
+    const al = allocator(store);
+    const a = (await al.assign(req('net1.a'))).allocations;
+    const b = (await al.assign(req('legacy-b'))).allocations;
+    const c = (await al.assign(req('net1.c'))).allocations;
+    await al.assign(req('net1.keep'));
+    const trips = store.roundTrips;
+    const out = (await allocator(store).releaseTogether([['net1.a', 'legacy-a'], ['net1.b', 'legacy-b'], ['net1.c'], ['net1.c'], ['net1.none']])).map(fulfilled);
+    expect(store.roundTrips - trips).toBe(3);
+    expect(out).toEqual([a, b, c, [], []]);
+    expect([...store.snapshot(keys.handlePrefix).keys()]).toEqual([keys.handle('net1.keep')]);
+    expect(allocatedCount(store)).toBe(1);
+    expectConsistent(store);
+  });
+});
