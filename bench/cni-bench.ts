@@ -317,6 +317,7 @@ async function main(): Promise<void> {
     const burstGo = await burst(go, 'ctsbench-bg');
     const burstGrpc = await burst(oursGrpc, 'ctsbench-br');
     const burstAgent = await burst(oursAgent, 'ctsbench-ba');
+    const burstSeaAgent = seaAgent ? await burst(seaAgent, 'ctsbench-bsa') : undefined;
     console.error('bench: peak RSS');
     const mem = await rss(etcd.endpoint, 'http');
     const memGrpc = await rss(etcd.endpoint, 'grpc');
@@ -344,10 +345,19 @@ async function main(): Promise<void> {
         { what: 'one plugin process peak RSS <= 60 MB', value: Math.round(Math.max(m.calicoAddKb ?? 0, m.calicoDelKb ?? 0, m.agentPeakKb ?? 0) / 1024), limit: 60 },
         { what: 'IPAM scale: 0 duplicate addresses', value: Number(scale.duplicates), limit: 0 },
       ].map((t) => ({ config: label, ...t, met: 'atLeast' in t && t.atLeast ? t.value >= t.limit : t.value <= t.limit }));
+    // The SEA build with the agent: the latency and burst targets (its VERSION, memory and IPAM are the
+    // SEA row and the agent's).
+    const seaAgentTargets = (): ReturnType<typeof targetsFor> => {
+      if (!seaAgent || !burstSeaAgent) return [];
+      const keep = ['cnitool ADD', 'cnitool DEL', `${BURST} parallel ADDs`];
+      const all = targetsFor('SEA build + node agent', stats(seaAgentSeries.add), stats(seaAgentSeries.del), burstSeaAgent, memAgent);
+      return all.filter((t) => keep.some((k) => t.what.startsWith(k)));
+    };
     const targets = [
       ...targetsFor('etcd_transport http (default)', oAdd, oDel, burstOurs, mem),
       ...targetsFor('etcd_transport grpc', rAdd, rDel, burstGrpc, memGrpc),
       ...targetsFor('node agent (agent_socket)', kAdd, kDel, burstAgent, memAgent),
+      ...seaAgentTargets(),
     ];
 
     const results = {
@@ -363,7 +373,7 @@ async function main(): Promise<void> {
         oursAgent: { label: oursAgent.label, add: kAdd, del: kDel },
         go: { label: go.label, add: gAdd, del: gDel },
       },
-      burst: { ours: burstOurs, oursGrpc: burstGrpc, oursAgent: burstAgent, go: burstGo },
+      burst: { ours: burstOurs, oursGrpc: burstGrpc, oursAgent: burstAgent, ...(burstSeaAgent ? { seaAgent: burstSeaAgent } : {}), go: burstGo },
       peakRssKb: { http: mem, grpc: memGrpc, agent: memAgent },
       ipamScale: scale,
       targets,
@@ -385,6 +395,7 @@ async function main(): Promise<void> {
       const xa = stats(seaAgentSeries.add);
       const xd = stats(seaAgentSeries.del);
       row('SEA build ADD/DEL', `${sa.p50} / ${sd.p50}`, `VERSION ${version.seaCalico?.p50}`, `${xa.p50} / ${xd.p50}`, '');
+      if (burstSeaAgent) row(`SEA build burst ADD/DEL`, '', '', `${String(burstSeaAgent.addTotalMs)} / ${String(burstSeaAgent.delTotalMs)}`, '');
     }
     const mb = (kb: number | undefined) => String(Math.round((kb ?? 0) / 1024));
     row('peak RSS ADD (MB)', mb(mem.calicoAddKb), mb(memGrpc.calicoAddKb), `${mb(memAgent.calicoAddKb)} (agent ${mb(memAgent.agentPeakKb)})`, mb(mem.ptpAddKb));
