@@ -9,6 +9,10 @@ import { cniEnv, requireBuilt, runPlugin, type PluginRun } from './helpers/plugi
 import { ipamConf } from './helpers/conf';
 import { checkIpamInvariants } from './helpers/ipam-invariants';
 import { cidrContains, formatCidr, parseCidr, parseIp } from '../shared/ipam/cidr';
+import { Allocator } from '../shared/ipam/allocator';
+import { addPool } from '../shared/ipam/pools';
+import { HttpEtcdStore } from '../shared/etcd/http-store';
+import { DEFAULT_REQUEST_TIMEOUT_MS } from '../shared/etcd/config';
 
 const NODES = ['node-a', 'node-b', 'node-c'] as const;
 const PROCS_PER_NODE = 8;
@@ -410,5 +414,38 @@ describe('calico-ipam on etcd', () => {
     expect(handleKeys(kv)).toEqual([]);
     expect(allocatedOrdinals(kv)).toBe(0);
     expect(checkIpamInvariants(kv)).toEqual([]);
+  });
+});
+
+describe("the node agent's grouped IPAM on etcd (in-process allocator)", () => {
+  it('16 ADDs in one guarded transaction and 16 DELs in one, stored as single assignments are', async () => {
+    const node = 'group-node';
+    const store = new HttpEtcdStore({ endpoints: [server().endpoint], transport: 'http', requestTimeoutMs: DEFAULT_REQUEST_TIMEOUT_MS });
+    try {
+      // Only this node may use the pool, so the other tests' ADDs never see it.
+      await addPool(store, { cidr: '10.129.0.0/24', name: 'group', nodeSelector: `projectcalico.org/name == '${node}'` });
+      const al = new Allocator({ store, node });
+      const first = await al.assign({ handleId: 'net1.group-first', attrs: { node }, families: [{ family: 4 }] });
+      const block = first.allocations[0]?.blockCidr ?? '';
+      const ids = Array.from({ length: 16 }, (_, i) => `net1.group-${i}`);
+      const trips = store.roundTrips;
+      const out = await al.assignTogether(ids.map((handleId) => ({ handleId, attrs: { node }, families: [{ family: 4 }] })));
+      expect(store.roundTrips - trips).toBe(3);
+      const ips = out.map((o) => (o.status === 'fulfilled' && o.value.together === 16 ? o.value.allocations[0]?.ip : `not together: ${JSON.stringify(o)}`));
+      expect(new Set([first.allocations[0]?.ip, ...ips]).size).toBe(17);
+      let kv = await ipamState();
+      for (const id of ids) expect(kv.get(`/calico/ipam/v2/handle/${id}`)).toBe(`{"block":{"${block}":1},"deleted":false}`);
+      expect(checkIpamInvariants(kv)).toEqual([]);
+
+      const delTrips = store.roundTrips;
+      const freed = await al.releaseTogether([...ids.map((id) => [id]), ['net1.group-first']]);
+      expect(store.roundTrips - delTrips).toBe(3);
+      expect(freed.map((f) => (f.status === 'fulfilled' ? f.value.map((a) => a.ip) : []))).toEqual([...ips.map((ip) => [ip]), [first.allocations[0]?.ip]]);
+      kv = await ipamState();
+      expect(handleKeys(kv).filter((k) => k.includes('group-'))).toEqual([]);
+      expect(checkIpamInvariants(kv)).toEqual([]);
+    } finally {
+      await store.close();
+    }
   });
 });
