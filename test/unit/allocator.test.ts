@@ -510,12 +510,23 @@ describe('Allocator: ADDs and DELs of one host served together (the node agent)'
     expectConsistent(store);
   });
 
-  it('a handle that holds addresses, a handle listed twice and an exact address are served one by one, as assign serves them', async () => {
+  it('a handle that holds addresses, a handle listed twice, an exact address and a missing pool are served one by one, as assign serves them', async () => {
     const store = await storeWith([{ cidr: '10.31.0.0/24', blockSize: 26 }]);
     const old = await allocator(store).assign(req('net1.old'));
-    const out = (
-      await allocator(store).assignTogether([req('net1.new'), req('net1.old'), req('net1.twice'), req('net1.twice'), req('net1.exact', [], ['10.31.0.200'])])
-    ).map(fulfilled);
+    const settled = await allocator(store).assignTogether([
+      req('net1.new'),
+      req('net1.old'),
+      req('net1.twice'),
+      req('net1.twice'),
+      req('net1.exact', [], ['10.31.0.200']),
+      req('net1.nopool', [{ family: 4, pools: ['nope'] }]),
+    ]);
+    const last = settled.pop();
+    expect(last?.status === 'rejected' && last.reason instanceof CniError ? [last.reason.code, last.reason.message] : last).toEqual([
+      ErrorCode.InvalidConfig,
+      'the given pool (nope) does not exist, or is not enabled',
+    ]);
+    const out = settled.map(fulfilled);
     expect(out[0]?.together).toBe(2); // net1.new and the first net1.twice
     expect(out[1]).toEqual({ allocations: old.allocations, existing: true });
     expect(out[2]?.together).toBe(2);
