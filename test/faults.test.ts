@@ -339,6 +339,9 @@ class LostReplyStore implements Store {
   lose: ((ops: readonly Op[]) => boolean) | undefined;
   lost = 0;
   constructor(readonly inner: MemoryStore) {}
+  get identity(): string {
+    return this.inner.identity;
+  }
   get roundTrips(): number {
     return this.inner.roundTrips;
   }

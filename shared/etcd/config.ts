@@ -85,6 +85,11 @@ export function resolveEtcdConfig(conf: Pick<NetConf, 'etcd_transport' | 'datast
   return cfg;
 }
 
+/** The identity (Store.identity) of a store opened with this config: the same cluster, reached the same way. */
+export function etcdIdentity(cfg: EtcdConfig): string {
+  return `etcd:${JSON.stringify(cfg)}`;
+}
+
 /** Reads a certificate or key file the config names; a missing or unreadable file is a config error. */
 export function readCredentialFile(what: string, file: string): Buffer {
   try {

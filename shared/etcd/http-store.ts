@@ -2,7 +2,7 @@ import http from 'node:http';
 import https from 'node:https';
 import { CniError, ErrorCode } from '../cni/errors';
 import type { Compare, KeyValue, Op, Read, Store, TxnResult } from '../store/store';
-import { etcdUnavailable, readCredentialFile, type EtcdConfig } from './config';
+import { etcdIdentity, etcdUnavailable, readCredentialFile, type EtcdConfig } from './config';
 import { prefixEnd } from './prefix';
 
 /*
@@ -95,6 +95,10 @@ export class HttpEtcdStore implements Store {
         ep.startsWith('https:') ? new https.Agent({ keepAlive: true, ...tls }) : new http.Agent({ keepAlive: true }),
       ),
     );
+  }
+
+  get identity(): string {
+    return etcdIdentity(this.cfg);
   }
 
   get roundTrips(): number {

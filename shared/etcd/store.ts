@@ -1,7 +1,7 @@
 import type { Etcd3, IOptions } from 'etcd3';
 import { errorMessage } from '../cni/errors';
 import type { Compare, KeyValue, Op, Read, Store, TxnResult } from '../store/store';
-import { etcdUnavailable, readCredentialFile, type EtcdConfig } from './config';
+import { etcdIdentity, etcdUnavailable, readCredentialFile, type EtcdConfig } from './config';
 import { withEmbeddedProtos } from './protos';
 import { prefixEnd } from './prefix';
 
@@ -42,6 +42,10 @@ export class EtcdStore implements Store {
       global: retry(handleWhen(mod.isRecoverableError), { maxAttempts: cfg.endpoints.length - 1, backoff: new ConstantBackoff(50) }),
     };
     return new EtcdStore(new mod.Etcd3(options), cfg);
+  }
+
+  get identity(): string {
+    return etcdIdentity(this.cfg);
   }
 
   get roundTrips(): number {

@@ -176,28 +176,43 @@ export class Allocator {
    * Several ADDs of this host at once (calls queued in the node agent): when the host's blocks have room,
    * one snapshot, one read of the blocks and one transaction serve all of them, guarded exactly as one
    * assignment is (every block's revision, every handle absent), so nothing can be handed out twice.
-   * What that path does not cover (exact addresses, a handle that holds addresses, no room left, a lost
-   * race, any error) is then assigned on its own, as `assign` does it. One outcome per request, in order.
+   * What that path does not cover (a handle that holds addresses, no room left, a lost race) is assigned
+   * on its own, as `assign` does it; exact addresses go first, so that no automatic pick takes one. One
+   * outcome per request, in order; `settle(i, outcome)` hears each as soon as it is known.
    */
-  async assignTogether(reqs: readonly AssignRequest[]): Promise<PromiseSettledResult<AssignOutcome>[]> {
+  async assignTogether(
+    reqs: readonly AssignRequest[],
+    settle: (i: number, outcome: PromiseSettledResult<AssignOutcome>) => void = () => undefined,
+  ): Promise<PromiseSettledResult<AssignOutcome>[]> {
     const done = new Map<AssignRequest, PromiseSettledResult<AssignOutcome>>();
+    const record = (req: AssignRequest, outcome: PromiseSettledResult<AssignOutcome>): void => {
+      done.set(req, outcome);
+      settle(reqs.indexOf(req), outcome);
+    };
     const alone = async (req: AssignRequest): Promise<void> => {
       try {
-        done.set(req, { status: 'fulfilled', value: await this.assign(req) });
+        record(req, { status: 'fulfilled', value: await this.assign(req) });
       } catch (e) {
-        done.set(req, { status: 'rejected', reason: e });
+        record(req, { status: 'rejected', reason: e });
       }
     };
-    let pending = [...reqs];
+    for (const req of reqs) if (req.ips?.length) await alone(req);
+    let pending = reqs.filter((r) => !r.ips?.length);
     // Each round assigns together what fits; the first request that did not then goes alone, which may
-    // claim a block the next round fills. Bounded, so requests that never fit cost few wasted reads.
+    // claim a block the next round fills. Bounded, so requests that never fit cost few wasted reads; an
+    // error other than a lost race (etcd down) ends the grouping at once.
     for (let round = 0; pending.length > 1 && round < GROUP_ROUNDS; round++) {
       this.stats.attempts++;
-      const together = await this.assignInOneTxn(pending).catch((e: unknown) => {
+      let together: Map<AssignRequest, Allocation[]>;
+      try {
+        together = await this.assignInOneTxn(pending);
+      } catch (e) {
         this.opts.log?.debug('assigning together failed', { requests: pending.length, why: String(e) });
-        return new Map<AssignRequest, Allocation[]>();
-      });
-      for (const [req, allocations] of together) done.set(req, { status: 'fulfilled', value: { allocations, existing: false, together: together.size } });
+        if (!(e instanceof Conflict)) break;
+        this.stats.conflicts++;
+        together = new Map();
+      }
+      for (const [req, allocations] of together) record(req, { status: 'fulfilled', value: { allocations, existing: false, together: together.size } });
       pending = pending.filter((r) => !together.has(r));
       const first = pending.shift();
       if (first) await alone(first);
@@ -209,6 +224,7 @@ export class Allocator {
   /** The requests that fit in this host's blocks as they are, written in one guarded transaction. */
   private async assignInOneTxn(reqs: readonly AssignRequest[]): Promise<Map<AssignRequest, Allocation[]>> {
     const candidates = reqs.filter((r) => !r.ips?.length);
+    if (candidates.length === 0) return new Map();
     const families = [...new Set(candidates.flatMap((r) => r.families.map((f) => f.family)))];
     const snap = await this.readSnapshot(candidates.map((r) => r.handleId), families);
     const affine = families.flatMap((f) => (snap.affinities.get(f) ?? []).filter((a) => a.confirmed).map((a) => a.cidr));
@@ -287,16 +303,19 @@ export class Allocator {
   /**
    * Several DELs of this host at once (calls queued in the node agent), each with its handles, released in
    * one read of the handles, one of their blocks and one transaction; if that fails, one by one. A handle
-   * listed by two calls counts for the first. One outcome per call, in order.
+   * listed twice counts once, for the first call that lists it. One outcome per call, in order;
+   * `settle(i, outcome)` hears each as soon as it is known.
    */
-  async releaseTogether(calls: readonly (readonly string[])[]): Promise<PromiseSettledResult<Allocation[]>[]> {
+  async releaseTogether(
+    calls: readonly (readonly string[])[],
+    settle: (i: number, outcome: PromiseSettledResult<Allocation[]>) => void = () => undefined,
+  ): Promise<PromiseSettledResult<Allocation[]>[]> {
     if (calls.length > 1) {
       try {
-        const all = [...new Set(calls.flat())];
-        const byHandle = await this.retrying(`release ${calls.length} calls' handles`, () => this.releaseHandlesOnce(all));
+        const byHandle = await this.retrying(`release ${calls.length} calls' handles`, () => this.releaseHandlesOnce([...new Set(calls.flat())]));
         const counted = new Set<string>();
         return calls.map((ids) => {
-          const fresh = ids.filter((id) => !counted.has(id));
+          const fresh = [...new Set(ids)].filter((id) => !counted.has(id));
           fresh.forEach((id) => counted.add(id));
           return { status: 'fulfilled', value: fresh.flatMap((id) => byHandle.get(id) ?? []) };
         });
@@ -305,12 +324,13 @@ export class Allocator {
       }
     }
     const out: PromiseSettledResult<Allocation[]>[] = [];
-    for (const ids of calls) {
+    for (const [i, ids] of calls.entries()) {
       try {
         out.push({ status: 'fulfilled', value: await this.releaseHandles(ids) });
       } catch (e) {
         out.push({ status: 'rejected', reason: e });
       }
+      settle(i, out[i] as PromiseSettledResult<Allocation[]>);
     }
     return out;
   }

@@ -5,7 +5,7 @@ import type { Logger } from '../cni/log';
 import { parseAnyResult, type Result } from '../cni/result';
 import type { Family } from '../calico/keys';
 import type { Store } from '../store/store';
-import { Allocator, type Allocation, type AssignRequest, type FamilyRequest } from './allocator';
+import { Allocator, type Allocation, type AssignOutcome, type AssignRequest, type FamilyRequest } from './allocator';
 import { ordinalsOf } from './block';
 import { parseCidr, parseIp } from './cidr';
 import { inGroup } from '../sync/group';
@@ -97,17 +97,16 @@ export function resultOf(version: string, allocations: readonly Allocation[]): R
  * are then served together (shared/sync/group.ts, Allocator.assignTogether and releaseTogether). Other
  * hosts and other processes are still kept apart by the guarded transactions, not by this.
  */
-function hostKey(call: Pick<IpamCall, 'conf' | 'node' | 'env'>): string {
-  return `ipam-host:${call.node}@${call.conf.etcd_endpoints ?? call.env.vars.ETCD_ENDPOINTS ?? ''}`;
+function hostKey(call: Pick<IpamCall, 'node' | 'store'>): string {
+  return `ipam-host:${call.node}@${call.store.identity}`;
 }
 
 /**
  * Calls of one host that queue for its lock (in the node agent) are run as a group with the store of the
- * first; only calls that reach etcd with the same settings share a group.
+ * first: only calls whose stores reach the same etcd the same way (Store.identity) share a group.
  */
-function groupKey(verb: string, call: Pick<IpamCall, 'conf' | 'node' | 'env'>): string {
-  const c = call.conf;
-  return JSON.stringify([verb, hostKey(call), c.etcd_transport, c.etcd_key_file, c.etcd_cert_file, c.etcd_ca_cert_file, c.etcd_username, c.etcd_password]);
+function groupKey(verb: string, call: Pick<IpamCall, 'node' | 'store'>): string {
+  return `${verb}:${hostKey(call)}`;
 }
 
 /** Most calls in one group: keeps a group's transaction well under etcd's 128 operations (--max-txn-ops). */
@@ -116,8 +115,8 @@ const GROUP_MAX = 16;
 export async function ipamAdd(call: IpamCall): Promise<Result> {
   const alloc = allocatorFor(call);
   const req = assignRequest(call);
-  const outcome = await inGroup(
-    { lock: hostKey(call), queue: groupKey('assign', call), max: GROUP_MAX, run: (reqs: AssignRequest[]) => alloc.assignTogether(reqs) },
+  const outcome = await inGroup<AssignRequest, AssignOutcome>(
+    { lock: hostKey(call), queue: groupKey('assign', call), max: GROUP_MAX, run: (reqs: AssignRequest[], settle) => alloc.assignTogether(reqs, settle) },
     req,
   );
   call.log.info(outcome.existing ? 'handle already holds addresses' : 'assigned', {
@@ -135,8 +134,8 @@ export async function ipamAdd(call: IpamCall): Promise<Result> {
 /** Releases both handle forms; nothing held is success, so DEL can be repeated. */
 export async function ipamDel(call: IpamCall): Promise<Allocation[]> {
   const handles = [handleIdFor(call.conf, call.env.containerId), legacyHandleId(call.env)];
-  const released = await inGroup(
-    { lock: hostKey(call), queue: groupKey('release', call), max: GROUP_MAX, run: (calls: string[][]) => allocatorFor(call).releaseTogether(calls) },
+  const released = await inGroup<string[], Allocation[]>(
+    { lock: hostKey(call), queue: groupKey('release', call), max: GROUP_MAX, run: (calls: string[][], settle) => allocatorFor(call).releaseTogether(calls, settle) },
     handles,
   );
   call.log.info('released', { handle: handleIdFor(call.conf, call.env.containerId), ips: released.map((a) => a.ip) });

@@ -15,7 +15,10 @@ export interface MemoryStoreOptions {
 }
 
 /** An in-memory store with etcd's revision semantics, for unit and property tests of the allocator. */
+let memoryStores = 0;
+
 export class MemoryStore implements Store {
+  readonly identity = `memory:${++memoryStores}`;
   private readonly data = new Map<string, Entry>();
   private revision = 1;
   private trips = 0;

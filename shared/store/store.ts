@@ -36,6 +36,11 @@ export interface Store {
   close(): Promise<void>;
   /** Round trips made so far; benchmarks and tests read it. */
   readonly roundTrips: number;
+  /**
+   * Which datastore, reached how (endpoints, transport, credentials): two stores with the same identity can
+   * do each other's work. The node agent groups only calls whose stores share it.
+   */
+  readonly identity: string;
 }
 
 export async function getKey(store: Store, key: string): Promise<KeyValue | undefined> {

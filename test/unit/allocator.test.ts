@@ -536,6 +536,42 @@ describe('Allocator: ADDs and DELs of one host served together (the node agent)'
     expectConsistent(store);
   });
 
+  it('an exact address is served before the automatic picks of its group, which would otherwise take it', async () => {
+    const store = await storeWith([{ cidr: '10.36.0.0/24', blockSize: 26 }]);
+    const first = await allocator(store).assign(req('net1.first'));
+    // The block's base went first; its next address is the next automatic pick.
+    const base = first.allocations[0]?.ip ?? '';
+    expect(base).toBe(first.allocations[0]?.blockCidr.split('/')[0]);
+    const next = base.replace(/\.(\d+)$/, (_, d: string) => `.${Number(d) + 1}`);
+    const out = (await allocator(store).assignTogether([req('net1.auto1'), req('net1.auto2'), req('net1.exact', [], [next])])).map(fulfilled);
+    expect(out[2]?.allocations.map((a) => a.ip)).toEqual([next]);
+    expect(out.slice(0, 2).map((o) => o.together)).toEqual([2, 2]);
+    expect(new Set(out.map((o) => o.allocations[0]?.ip)).size).toBe(3);
+    expectConsistent(store);
+  });
+
+  it('an error other than a lost race (etcd down) ends the grouping: the rest are served one by one, each hearing its own outcome', async () => {
+    const store = await storeWith([{ cidr: '10.37.0.0/24', blockSize: 26 }]);
+    await allocator(store).assign(req('net1.first'));
+    const read = store.read.bind(store);
+    let groupReads = 0;
+    store.read = async (reads) => {
+      // The group's snapshot reads several handles at once.
+      if (reads.filter((r) => 'key' in r && r.key.startsWith(keys.handlePrefix)).length > 1) {
+        groupReads++;
+        throw new CniError(ErrorCode.TryAgainLater, 'etcd unavailable');
+      }
+      return read(reads);
+    };
+    const heard: number[] = [];
+    const out = (await allocator(store).assignTogether(['a', 'b', 'c', 'd'].map((x) => req(`net1.${x}`)), (i) => heard.push(i))).map(fulfilled);
+    expect(groupReads).toBe(1);
+    expect(heard).toEqual([0, 1, 2, 3]);
+    expect(out.map((o) => o.together)).toEqual([undefined, undefined, undefined, undefined]);
+    expect(new Set(out.map((o) => o.allocations[0]?.ip)).size).toBe(4);
+    expectConsistent(store);
+  });
+
   it('when the block fills part way, the first ADD left over claims a block alone and the rest fill that one together', async () => {
     const store = await storeWith([{ cidr: '10.32.0.0/24', blockSize: 29 }]);
     const al = allocator(store);
@@ -588,7 +624,7 @@ describe('Allocator: ADDs and DELs of one host served together (the node agent)'
     expectConsistent(store);
   });
 
-  it("DELs together: each call's handles freed in 3 round trips in all; a handle two calls list counts for the first; an unknown one frees nothing", async () => {
+  it("DELs together: each call's handles freed in 3 round trips in all; a handle listed twice counts once, for the first call; an unknown one frees nothing", async () => {
     const store = await storeWith([{ cidr: '10.35.0.0/24', blockSize: 26 }]);
     const al = allocator(store);
     const a = (await al.assign(req('net1.a'))).allocations;
@@ -596,7 +632,7 @@ describe('Allocator: ADDs and DELs of one host served together (the node agent)'
     const c = (await al.assign(req('net1.c'))).allocations;
     await al.assign(req('net1.keep'));
     const trips = store.roundTrips;
-    const out = (await allocator(store).releaseTogether([['net1.a', 'legacy-a'], ['net1.b', 'legacy-b'], ['net1.c'], ['net1.c'], ['net1.none']])).map(fulfilled);
+    const out = (await allocator(store).releaseTogether([['net1.a', 'legacy-a', 'net1.a'], ['net1.b', 'legacy-b'], ['net1.c'], ['net1.c'], ['net1.none']])).map(fulfilled);
     expect(store.roundTrips - trips).toBe(3);
     expect(out).toEqual([a, b, c, [], []]);
     expect([...store.snapshot(keys.handlePrefix).keys()]).toEqual([keys.handle('net1.keep')]);

@@ -63,6 +63,46 @@ describe('inGroup', () => {
     expect(results.map((r) => (r.status === 'fulfilled' ? r.value : String(r.reason)))).toEqual(['done 1', 'done 2', 'done 3', 'Error: four failed', 'done 5']);
   });
 
+  it("a call its group settles early returns at once; the group's first caller, whose run it is, waits for the group", async () => {
+    let release = (): void => undefined;
+    const slow = new Promise<void>((r) => (release = r));
+    let running = true;
+    const g: Group<string, string> = {
+      lock: 'lock-c',
+      queue: 'q',
+      max: 5,
+      run: async (items, settle) => {
+        settle(1, { status: 'fulfilled', value: `early ${items[1]}` });
+        await slow;
+        running = false;
+        return items.map((i) => ({ status: 'fulfilled', value: `late ${i}` }));
+      },
+    };
+    const first = inGroup(g, 'x');
+    const second = inGroup(g, 'y');
+    expect(await second).toBe('early y');
+    expect(running).toBe(true);
+    release();
+    expect(await first).toBe('late x');
+    expect(running).toBe(false);
+  });
+
+  it('refuses a group size below 1, and keeps queues of the same name under different locks apart', async () => {
+    const groups: string[][] = [];
+    const g = (lock: string, max = 4): Group<string, string> => ({
+      lock,
+      queue: 'same-name',
+      max,
+      run: async (items) => {
+        groups.push(items);
+        return items.map((i) => ({ status: 'fulfilled', value: i }));
+      },
+    });
+    await expect(inGroup(g('lock-d', 0), 'x')).rejects.toThrow(/positive integer/);
+    await Promise.all([inGroup(g('lock-d'), 'd1'), inGroup(g('lock-e'), 'e1'), inGroup(g('lock-d'), 'd2'), inGroup(g('lock-e'), 'e2')]);
+    expect(groups.map((x) => x.join(',')).sort()).toEqual(['d1,d2', 'e1,e2']);
+  });
+
   it("a run that throws fails its own group only; other queues under the same lock wait their turn and aren't mixed in", async () => {
     const events: string[] = [];
     const group = (queue: string, fail: boolean): Group<string, string> => ({
@@ -94,7 +134,8 @@ describe('IPAM ADD and DEL of one host in one process (the node agent)', () => {
   function call(store: MemoryStore, containerId: string, command: 'ADD' | 'DEL', lines: string[]): IpamCall {
     const env = readCniEnv({ CNI_COMMAND: command, CNI_CONTAINERID: containerId, CNI_NETNS: '/var/run/netns/x', CNI_IFNAME: 'eth0', CNI_PATH: '/opt/cni/bin' });
     const conf = parseNetConf(JSON.stringify({ cniVersion: '1.0.0', name: 'net1', type: 'calico', ipam: { type: 'calico-ipam' } }));
-    const log = createLogger({ component: 'test', level: 'info', stderr: (l) => lines.push(l) });
+    // Debug, so that a conflict retried ("conflict, retrying") or a group that failed would be seen.
+    const log = createLogger({ component: 'test', level: 'debug', stderr: (l) => lines.push(l) });
     return { env, conf, version: '1.0.0', log, store, node: 'agent-host' };
   }
 
@@ -107,16 +148,14 @@ describe('IPAM ADD and DEL of one host in one process (the node agent)', () => {
     const results = await Promise.all(ids.map((id) => ipamAdd(call(store, id, 'ADD', lines))));
     const ips = results.map((r) => r.ips?.[0]?.address);
     expect(new Set(ips).size).toBe(20);
-    expect(lines.filter((l) => l.includes('conflict'))).toEqual([]);
+    expect(lines.filter((l) => l.includes('conflict, retrying') || l.includes('together failed'))).toEqual([]);
     // All twenty queue before the first turn: a group of 16, then one of 4. In the first, a read finds no
     // block, the first call claims one alone (5 round trips) and the other 15 fill it in one snapshot, one
     // block read and one transaction. One by one they would take 5 + 19 x 3 = 62.
     expect(store.roundTrips - before).toBeLessThanOrEqual(14);
-    expect(lines.filter((l) => l.includes(' assigned ')).map((l) => /together=(\d+)/.exec(l)?.[1] ?? '1')).toEqual([
-      '1',
-      ...Array<string>(15).fill('15'),
-      ...Array<string>(4).fill('4'),
-    ]);
+    expect(lines.filter((l) => l.includes(' assigned ')).map((l) => /together=(\d+)/.exec(l)?.[1] ?? '1').sort()).toEqual(
+      ['1', ...Array<string>(15).fill('15'), ...Array<string>(4).fill('4')].sort(),
+    );
     for (const id of ids) expect(store.snapshot().has(keys.handle(`net1.${id}`))).toBe(true);
     expect(checkIpamInvariants(store.snapshot())).toEqual([]);
 
@@ -128,6 +167,20 @@ describe('IPAM ADD and DEL of one host in one process (the node agent)', () => {
     expect(released.sort()).toEqual(ips.map((a) => a?.split('/')[0]).sort());
     expect(store.snapshot(keys.handlePrefix).size).toBe(0);
     expect(checkIpamInvariants(store.snapshot())).toEqual([]);
+  });
+
+  it('calls of one node on two different datastores are never grouped: each store holds only its own calls', async () => {
+    const a = new MemoryStore({ interleave: 3 });
+    const b = new MemoryStore({ interleave: 3 });
+    for (const st of [a, b]) await addPool(st, { cidr: '10.78.0.0/24' });
+    const lines: string[] = [];
+    await Promise.all([
+      ...['a1', 'a2', 'a3'].map((id) => ipamAdd(call(a, id, 'ADD', lines))),
+      ...['b1', 'b2', 'b3'].map((id) => ipamAdd(call(b, id, 'ADD', lines))),
+    ]);
+    expect([...a.snapshot(keys.handlePrefix).keys()].sort()).toEqual(['a1', 'a2', 'a3'].map((id) => keys.handle(`net1.${id}`)));
+    expect([...b.snapshot(keys.handlePrefix).keys()].sort()).toEqual(['b1', 'b2', 'b3'].map((id) => keys.handle(`net1.${id}`)));
+    for (const st of [a, b]) expect(checkIpamInvariants(st.snapshot())).toEqual([]);
   });
 });
 
