@@ -135,8 +135,11 @@ async function answer(opts: AgentOptions, raw: string, state: CallState): Promis
   };
   // The calls of one attachment run in the order they came, as from one runtime: a DEL sent after its
   // caller gave up on a slow ADD (a process would have been killed) waits for that ADD instead of racing it.
-  // Only then does a call wait for a free slot, so one waiting for its predecessor holds none.
-  const reply = await serially(`attachment:${env.CNI_CONTAINERID ?? ''}/${env.CNI_IFNAME ?? ''}`, () => state.limit(run));
+  // Only then does a call wait for a free slot, so one waiting for its predecessor holds none. STATUS, the
+  // runtime's readiness probe and one read, waits for neither: behind a storm of ADDs the node would
+  // otherwise look not ready exactly when it is busiest.
+  const reply =
+    env.CNI_COMMAND === 'STATUS' ? await run() : await serially(`attachment:${env.CNI_CONTAINERID ?? ''}/${env.CNI_IFNAME ?? ''}`, () => state.limit(run));
   const queued = started - arrived;
   if ('refused' in reply) {
     opts.log(stamp('INFO', `${what} handed back after ${queued.toFixed(1)} ms in the queue: ${reply.refused}`));

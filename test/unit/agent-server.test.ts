@@ -32,7 +32,9 @@ const impl: PluginImpl = {
     events.push(`DEL ${ctx.env.containerId}`);
   },
   check: async () => undefined,
-  status: async () => undefined,
+  status: async () => {
+    events.push('STATUS');
+  },
   gc: async () => undefined,
 };
 const spec: PluginSpec = { name: 'calico', about: 'stand-in', load: async () => impl };
@@ -49,11 +51,15 @@ function request(command: string, containerId: string, build = 'build-1'): Promi
 }
 
 /** Another agent of this stand-in, on a socket of its own, and a way to send it an ADD. */
-async function extraAgent(name: string, maxCalls?: number): Promise<{ agent: RunningAgent; add: (containerId: string) => Promise<AgentOutcome> }> {
+async function extraAgent(
+  name: string,
+  maxCalls?: number,
+): Promise<{ agent: RunningAgent; add: (containerId: string) => Promise<AgentOutcome>; status: () => Promise<AgentOutcome> }> {
   const extra = await startAgent({ socket: path.join(dir, `${name}.sock`), spec, build: 'build-1', ...(maxCalls ? { maxCalls } : {}), log: () => undefined });
-  const stdin = JSON.stringify({ cniVersion: '1.0.0', name: 'net1', type: 'calico', ipam: { type: 'calico-ipam' } });
-  const add = (containerId: string) => callAgent(extra.socket, { protocol: 1, build: 'build-1', stdin, env: env('ADD', containerId), namespaces: namespacesOf(fs) }, 5000);
-  return { agent: extra, add };
+  const stdin = JSON.stringify({ cniVersion: '1.1.0', name: 'net1', type: 'calico', ipam: { type: 'calico-ipam' } });
+  const send = (vars: Record<string, string>) => callAgent(extra.socket, { protocol: 1, build: 'build-1', stdin, env: vars, namespaces: namespacesOf(fs) }, 5000);
+  // A runtime's STATUS carries no container, netns or interface.
+  return { agent: extra, add: (containerId) => send(env('ADD', containerId)), status: () => send({ CNI_COMMAND: 'STATUS', CNI_PATH: '/opt/cni/bin' }) };
 }
 
 beforeAll(async () => {
@@ -151,6 +157,18 @@ describe('the node agent server', () => {
     await slow;
     // With a slot free, 'quick' (another attachment) would have finished during the slow ADD.
     expect(events).toEqual(['ADD slow start', 'ADD slow end', 'ADD quick start', 'ADD quick end']);
+    await narrow.close();
+  });
+
+  it('answers STATUS at once while every slot is taken by an ADD', async () => {
+    const { agent: narrow, add, status } = await extraAgent('narrow-status', 1);
+    events.length = 0;
+    const slow = add('slow');
+    await sleep(30);
+    const queued = add('queued');
+    expect(await status()).toMatchObject({ kind: 'done', status: 0 });
+    expect(events).toEqual(['ADD slow start', 'STATUS']);
+    await Promise.all([slow, queued]);
     await narrow.close();
   });
 
