@@ -189,13 +189,7 @@ export class Allocator {
       done.set(req, outcome);
       settle(reqs.indexOf(req), outcome);
     };
-    const alone = async (req: AssignRequest): Promise<void> => {
-      try {
-        record(req, { status: 'fulfilled', value: await this.assign(req) });
-      } catch (e) {
-        record(req, { status: 'rejected', reason: e });
-      }
-    };
+    const alone = async (req: AssignRequest): Promise<void> => record(req, await settledOf(this.assign(req)));
     for (const req of reqs) if (req.ips?.length) await alone(req);
     let pending = reqs.filter((r) => !r.ips?.length);
     // Each round assigns together what fits; the first request that did not then goes alone, which may
@@ -221,9 +215,11 @@ export class Allocator {
     return reqs.map((r) => done.get(r) ?? { status: 'rejected', reason: new Error(`no outcome for ${r.handleId}`) });
   }
 
-  /** The requests that fit in this host's blocks as they are, written in one guarded transaction. */
-  private async assignInOneTxn(reqs: readonly AssignRequest[]): Promise<Map<AssignRequest, Allocation[]>> {
-    const candidates = reqs.filter((r) => !r.ips?.length);
+  /**
+   * The requests (none with exact addresses: assignTogether serves those first) that fit in this host's
+   * blocks as they are, written in one guarded transaction.
+   */
+  private async assignInOneTxn(candidates: readonly AssignRequest[]): Promise<Map<AssignRequest, Allocation[]>> {
     if (candidates.length === 0) return new Map();
     const families = [...new Set(candidates.flatMap((r) => r.families.map((f) => f.family)))];
     const snap = await this.readSnapshot(candidates.map((r) => r.handleId), families);
@@ -325,12 +321,9 @@ export class Allocator {
     }
     const out: PromiseSettledResult<Allocation[]>[] = [];
     for (const [i, ids] of calls.entries()) {
-      try {
-        out.push({ status: 'fulfilled', value: await this.releaseHandles(ids) });
-      } catch (e) {
-        out.push({ status: 'rejected', reason: e });
-      }
-      settle(i, out[i] as PromiseSettledResult<Allocation[]>);
+      const outcome = await settledOf(this.releaseHandles(ids));
+      out.push(outcome);
+      settle(i, outcome);
     }
     return out;
   }
@@ -741,6 +734,13 @@ export class Allocator {
       `failed to ${what}: gave up after ${this.maxAttempts} attempts that each lost a race with another writer (excessive concurrent IPAM requests)`,
     );
   }
+}
+
+function settledOf<T>(p: Promise<T>): Promise<PromiseSettledResult<T>> {
+  return p.then(
+    (value) => ({ status: 'fulfilled', value }),
+    (reason: unknown) => ({ status: 'rejected', reason }),
+  );
 }
 
 function countByBlock(allocs: readonly Allocation[]): Record<string, number> {

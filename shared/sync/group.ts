@@ -34,19 +34,16 @@ export interface Group<T, R> {
 export async function inGroup<T, R>(g: Group<T, R>, item: T): Promise<R> {
   if (!Number.isInteger(g.max) || g.max < 1) throw new Error(`group size must be a positive integer, not ${g.max}`);
   const key = JSON.stringify([g.lock, g.queue]);
-  let mine: Waiting<T, R> | undefined;
-  const outcome = new Promise<PromiseSettledResult<R>>((resolve) => {
-    mine = { item, settle: resolve };
-    const waiting = (queues.get(key) ?? []) as Waiting<T, R>[];
-    waiting.push(mine);
-    queues.set(key, waiting as Waiting<unknown, unknown>[]);
-  });
+  let settleMine: (o: PromiseSettledResult<R>) => void = () => undefined;
+  const outcome = new Promise<PromiseSettledResult<R>>((resolve) => (settleMine = resolve));
+  const mine: Waiting<T, R> = { item, settle: settleMine };
+  queues.set(key, [...(queues.get(key) ?? []), mine as Waiting<unknown, unknown>]);
   let leading = false;
   const turn = serially(g.lock, async () => {
     // A call an earlier turn took along has its outcome (or will): this turn takes nothing, so that no
     // group runs on the resources of a caller that may have returned already.
     const waiting = (queues.get(key) ?? []) as Waiting<T, R>[];
-    if (!mine || !waiting.includes(mine)) return;
+    if (!waiting.includes(mine)) return;
     leading = true;
     // Turns come in arrival order, so this call is first in its queue.
     const taken = waiting.splice(0, g.max);
