@@ -270,8 +270,11 @@ describe('nothing is left behind', () => {
   it("an ADD whose veth name is another container's (same first 11 characters) takes the fallback name; each DEL removes only its own", async () => {
     const first = await netns();
     const second = await netns();
-    const idA = `collide${process.pid}aaaa`;
-    const idB = `collide${process.pid}bbbb`;
+    // "collide" and exactly four digits: the same first 11 characters whatever the PID's length (a PID of
+    // three digits once made the names differ).
+    const tag = String(process.pid % 10_000).padStart(4, '0');
+    const idA = `collide${tag}aaaa`;
+    const idB = `collide${tag}bbbb`;
     const a = cniEnv({ command: 'ADD', containerId: idA, netns: first.path });
     const b = cniEnv({ command: 'ADD', containerId: idB, netns: second.path });
     expect((await runPlugin('calico', { env: a, stdin: directConf('1.0.0') })).status).toBe(0);
@@ -321,7 +324,9 @@ describe('nothing is left behind', () => {
       for (const r of dels) expect(r.status, r.stdout + r.stderr).toBe(0);
       for (const name of names) expect(await linkJson(name)).toEqual([]);
     }
-  });
+    // Six rounds of 2 ADDs and 2 DELs: ~4 s on an idle machine, near 60 s while CI's heaviest suites run
+    // beside it (every test of this file ran ~10x slower then). A guard against a hang, not a timing.
+  }, 180_000);
 
   it('DEL with an empty CNI_NETNS (containerd after the task exited) releases the address and the endpoint', async () => {
     const ns = await netns();
