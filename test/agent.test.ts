@@ -63,6 +63,24 @@ async function linkExists(name: string): Promise<boolean> {
   }
 }
 
+/** PIDs of the `ip` processes whose parent is `pid`, read from /proc. */
+function ipChildren(pid: number): number[] {
+  const out: number[] = [];
+  for (const entry of fs.readdirSync('/proc')) {
+    if (!/^\d+$/.test(entry)) continue;
+    try {
+      const stat = fs.readFileSync(`/proc/${entry}/stat`, 'utf8');
+      // "pid (comm) state ppid ...": comm may hold spaces, so split after its closing parenthesis.
+      const comm = stat.slice(stat.indexOf('(') + 1, stat.lastIndexOf(')'));
+      const ppid = Number(stat.slice(stat.lastIndexOf(')') + 2).split(' ')[1]);
+      if (comm === 'ip' && ppid === pid) out.push(Number(entry));
+    } catch {
+      // gone meanwhile
+    }
+  }
+  return out;
+}
+
 /** A unix socket server standing in for an agent: `reply` decides what it does with each request. */
 async function fakeAgent(reply: (conn: net.Socket, request: string) => void): Promise<{ socket: string; requests: string[] }> {
   const socket = path.join(tmp, `fake-${servers.length}.sock`);
@@ -199,6 +217,32 @@ describe('calico agent', () => {
     expect(kept.length).toBeGreaterThan(0);
     await addDel('agent-keep-2');
     expect(await agentPorts()).toEqual(kept);
+  });
+
+  it('makes its host-side changes through one long-lived ip, which ends with the agent', async () => {
+    const pod = await netns();
+    const add = await call('ADD', 'agent-ipsession-1', pod, conf());
+    expect(add.status, add.stdout + add.stderr).toBe(0);
+    const [session] = ipChildren(agent.pid);
+    expect(ipChildren(agent.pid)).toHaveLength(1);
+    // The host end was made through it: up, with its alias and the route to the pod.
+    const veth = `cali${'agent-ipsession-1'.slice(0, 11)}`;
+    expect(fs.readFileSync(`/sys/class/net/${veth}/ifalias`, 'utf8').trim()).toBe('calico-ts:agent-ipsession-1');
+    const ip = ((add.json as { ips: { address: string }[] }).ips[0]?.address ?? '').split('/')[0] ?? '';
+    expect((await exec('ip', ['route', 'show', `${ip}/32`])).stdout).toContain(`dev ${veth} scope link`);
+    const del = await call('DEL', 'agent-ipsession-1', pod, conf());
+    expect(del.status, del.stdout + del.stderr).toBe(0);
+    expect(ipChildren(agent.pid)).toEqual([session]);
+
+    const second = await startAgent({ socket: path.join(tmp, 'ipsession.sock') });
+    const other = await netns();
+    const r = await call('ADD', 'agent-ipsession-2', other, conf({ agent_socket: second.socket }));
+    expect(r.status, r.stdout + r.stderr).toBe(0);
+    const [its] = ipChildren(second.pid);
+    expect(its).toBeGreaterThan(0);
+    await call('DEL', 'agent-ipsession-2', other, conf({ agent_socket: second.socket }));
+    await second.stop();
+    expect(fs.existsSync(`/proc/${its}`)).toBe(false);
   });
 
   it('with no agent on the socket the call runs in its own process, and says so on stderr', async () => {

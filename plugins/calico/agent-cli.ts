@@ -3,6 +3,7 @@ import type { PluginSpec } from '../../shared/cni/skel';
 import { buildId } from '../../shared/launch/handover';
 import { VERSION } from '../../shared/about';
 import { closeSharedConnections, keepConnectionsAcrossCalls } from '../../shared/etcd/http-store';
+import { closeIpSession, keepIpSession } from '../../shared/netlink/ip-session';
 
 const HELP = `usage: calico agent [--socket PATH] [--max-calls N]
 
@@ -45,10 +46,13 @@ export async function main(argv: string[], spec: PluginSpec): Promise<number> {
   });
   // One process for every call: its etcd connections (and TLS sessions) outlive a call.
   keepConnectionsAcrossCalls();
+  // And one `ip` for its host-side changes: a fork and exec less per ADD.
+  keepIpSession();
   const agent = await startAgent({ socket, spec, build: buildId() ?? `unbuilt-${VERSION}`, maxCalls: limit, log: (line) => process.stderr.write(line) });
   await stopRequested;
   await agent.close();
   closeSharedConnections();
+  await closeIpSession();
   return 0;
 }
 

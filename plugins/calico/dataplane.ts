@@ -1,7 +1,7 @@
 import { randomBytes } from 'node:crypto';
 import { CniError, ErrorCode } from '../../shared/cni/errors';
 import type { Logger } from '../../shared/cni/log';
-import { failedBatchLine, ip, netnsRef, run, type NetnsRef } from '../../shared/netlink/exec';
+import { failedBatchLine, ip, ipHostChanges, netnsRef, run, type NetnsRef } from '../../shared/netlink/exec';
 import { linkAlias, linkExists, netnsExists } from '../../shared/netlink/link';
 import { writeSysctl } from '../../shared/netlink/sysctl';
 import type { Family } from '../../shared/calico/keys';
@@ -126,7 +126,7 @@ async function setUpHostSide(w: Workload, ns: NetnsRef, log: Logger): Promise<vo
   hostSysctls(w, log);
   const hostLines = [`link set ${w.hostIfname} alias ${ALIAS_PREFIX}${w.containerId}`, `link set ${w.hostIfname} up`];
   for (const a of w.ips) hostLines.push(`route add ${a.ip}/${prefixLen(a.family)} dev ${w.hostIfname} scope link`);
-  const host = await ip([], { batch: hostLines });
+  const host = await ipHostChanges(hostLines, [w.hostIfname]);
   if (host.exitCode !== 0) {
     for (const a of w.ips) {
       const conflict = await explainRouteConflict(a, w.hostIfname);
@@ -161,7 +161,7 @@ async function claimHostIfname(w: Workload, log: Logger): Promise<string> {
     const owner = vethOwner(name);
     if (w.vethNamedByPod || owner === w.containerId) {
       log.warn('deleting stale host veth', { name, owner });
-      await ip(['link', 'del', name]);
+      await ipHostChanges([`link del ${name}`], [name]);
       return name;
     }
     owners.push(owner === undefined ? `${name} is being set up by another ADD` : `${name} belongs to container ${owner}`);
@@ -199,7 +199,7 @@ export async function setUpContainerSide(w: Workload, log: Logger): Promise<Cont
     if (failed === 1) {
       if (attempt === 1 && !w.vethNamedByPod && /File exists/i.test(batch.stderr) && linkExists(hostIfname)) continue;
     } else if (linkExists(hostIfname)) {
-      await ip(['link', 'del', hostIfname]);
+      await ipHostChanges([`link del ${hostIfname}`], [hostIfname]);
     }
     throw new CniError(ErrorCode.Netlink, `failed to set up ${w.ifname} in netns ${JSON.stringify(w.netns)}: ${batch.stderr.trim().replace(/\s+/g, ' ')}`);
   }
@@ -210,7 +210,7 @@ export async function setUpHostEnd(side: ContainerSide, log: Logger): Promise<vo
   try {
     await setUpHostSide(side.workload, side.ns, log);
   } catch (e) {
-    await ip(['link', 'del', side.hostIfname]);
+    await ipHostChanges([`link del ${side.hostIfname}`], [side.hostIfname]);
     throw e;
   }
   log.debug('host side done', { t: log.elapsed() });
@@ -244,7 +244,7 @@ export async function tearDown(t: TearDownTarget, log: Logger, opts: { force?: b
   }
   const own = opts.force ? t.hostIfnames.find((n) => linkExists(n)) : ownHostVeth(t.containerId, t.hostIfnames);
   if (own) {
-    const r = await ip(['link', 'del', own]);
+    const r = await ipHostChanges([`link del ${own}`], [own]);
     if (r.exitCode !== 0 && linkExists(own)) throw new CniError(ErrorCode.Netlink, `failed to delete host veth ${own}: ${r.stderr.trim()}`);
     return;
   }

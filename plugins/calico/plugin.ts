@@ -13,7 +13,7 @@ import { openStore } from '../../shared/etcd/connect';
 import { ipamAdd, ipamCheck, ipamDel, ipamGc, ipamStatus, type IpamCall } from '../../shared/ipam/cni-ipam';
 import { parseIp } from '../../shared/ipam/cidr';
 import { linkAlias } from '../../shared/netlink/link';
-import { ip as runIp } from '../../shared/netlink/exec';
+import { ipHostChanges } from '../../shared/netlink/exec';
 import type { Store, KeyValue, Op, Compare } from '../../shared/store/store';
 import { ALIAS_PREFIX, GATEWAY_V4, GATEWAY_V6, HOST_MAC, hostRoutesVia, inspectContainer, ownHostVeth, setUpContainerSide, setUpHostEnd, tearDown, validateBatchIfname, type WorkloadIp } from './dataplane';
 
@@ -360,7 +360,7 @@ async function cmdGc(s: Session): Promise<void> {
       if (keep.has(`${sp.containerID}/${sp.endpoint}`)) continue;
       await s.store.txn([{ key: kv.key, modRevision: kv.modRevision }], [{ op: 'delete', key: kv.key }]);
       if (sp.interfaceName && linkAlias(sp.interfaceName) === `${ALIAS_PREFIX}${sp.containerID ?? ''}`) {
-        await runIp(['link', 'del', sp.interfaceName]);
+        await ipHostChanges([`link del ${sp.interfaceName}`], [sp.interfaceName]);
       }
       ctx.log.info('gc: removed endpoint', { endpoint: wep.metadata.name, containerID: sp.containerID });
     } catch (e) {

@@ -1,5 +1,6 @@
 import { spawn } from 'node:child_process';
 import { CniError, ErrorCode } from '../cni/errors';
+import { currentIpSession, sessionSafe } from './ip-session';
 
 /** How to run a command inside a network namespace given by path. */
 export type NetnsRef = { kind: 'named'; name: string; path: string } | { kind: 'path'; path: string };
@@ -53,6 +54,17 @@ export async function ip(args: readonly string[], opts: { ns?: NetnsRef; batch?:
   if (!opts.ns) return run('ip', tail, input);
   if (opts.ns.kind === 'named') return run('ip', ['-n', opts.ns.name, ...tail], input);
   return run('nsenter', [`--net=${opts.ns.path}`, '--', 'ip', ...tail], input);
+}
+
+/**
+ * Changes to the host namespace, whose output nobody reads, as one batch: through the process's long-lived
+ * `ip` when it keeps one (the node agent: no fork per call), else one exec. `links` are the link names the
+ * lines refer to (see IpSession). Resolves as `ip -batch -` would.
+ */
+export function ipHostChanges(lines: readonly string[], links: readonly string[]): Promise<RunResult> {
+  const session = currentIpSession();
+  if (session && sessionSafe(lines)) return session.run(lines, links);
+  return run('ip', ['-batch', '-'], lines.join('\n') + '\n');
 }
 
 /** Like ip(), but a non-zero exit becomes a netlink error carrying ip's own message. */
