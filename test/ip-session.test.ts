@@ -14,12 +14,14 @@ const names = [0, 1, 2, 3].map((i) => `ctsveth${i}${process.pid % 100000}`);
 /** A veth pair whose second end is named after the first. */
 const pair = (name: string | undefined) => `link add ${name} type veth peer name ${name}p`;
 const exists = (name: string) => fs.existsSync(`/sys/class/net/${name}`);
+const alias = (name: string | undefined) => fs.readFileSync(`/sys/class/net/${name}/ifalias`, 'utf8').trim();
+const alive = (pid: number | undefined) => pid !== undefined && fs.existsSync(`/proc/${pid}`);
 const removeAll = () => names.filter(exists).forEach((n) => spawnSync('ip', ['link', 'del', n], { stdio: 'ignore' }));
 process.on('exit', removeAll);
 
 const sessions: IpSession[] = [];
-function session(): IpSession {
-  const s = new IpSession();
+function session(opts: ConstructorParameters<typeof IpSession>[0] = {}): IpSession {
+  const s = new IpSession(opts);
   sessions.push(s);
   return s;
 }
@@ -109,6 +111,86 @@ describe('ip session', () => {
     const second = s.pid;
     expect((await s.run([`link set ${a} down`], [a!])).exitCode).toBe(0);
     expect(s.pid).toBe(second);
+  });
+
+  it('a line that makes ip exit fails its own request alone: the requests sent behind it run on a new ip', async () => {
+    const s = session();
+    const [a] = names;
+    await s.run([pair(a)], [a!]);
+    const first = s.pid;
+    // An invalid prefix is not a failed line for ip 6.1 but the end of it (exit), whatever -force says.
+    const [before, bad, after] = await Promise.all([
+      s.run([`link set ${a} alias before`], [a!]),
+      s.run(['route add 10.254.77.2/33 dev lo'], ['lo']),
+      s.run([`link set ${a} alias after`], [a!]),
+    ]);
+    expect(before).toEqual({ stdout: '', stderr: '', exitCode: 0 });
+    expect(bad.exitCode).toBe(1);
+    expect(bad.stderr).toMatch(/10\.254\.77\.2\/33/);
+    expect(after).toEqual({ stdout: '', stderr: '', exitCode: 0 });
+    expect(alias(a)).toBe('after');
+    expect(s.pid).not.toBe(first);
+  });
+
+  it('times a request from when ip starts on it; the one timed out fails once its ip is gone, and those behind it run', async () => {
+    const s = session({ timeoutMs: 400 });
+    const [a] = names;
+    await s.run([pair(a)], [a!]);
+    const stuck = s.pid;
+    process.kill(stuck!, 'SIGSTOP');
+    const timedOut = s.run(['link set lo up'], ['lo']).then((r) => ({ r, aliveWhenTold: alive(stuck) }));
+    // Queued behind it for the whole 400 ms: its own time has not started.
+    const behind = s.run([`link set ${a} alias behind`], [a!]);
+    const { r, aliveWhenTold } = await timedOut;
+    expect(r.exitCode).toBe(1);
+    expect(r.stderr).toMatch(/timed out after 400 ms/);
+    expect(aliveWhenTold).toBe(false);
+    expect(await behind).toEqual({ stdout: '', stderr: '', exitCode: 0 });
+    expect(alias(a)).toBe('behind');
+  });
+
+  it('a request that needs a new ip waits for the requests before it: none overtakes another', async () => {
+    const s = session();
+    const [a, b] = names;
+    await s.run([pair(a), pair(b), `route add 10.254.77.3/32 dev ${a} scope link`], [a!, b!]);
+    const old = s.pid;
+    process.kill(old!, 'SIGSTOP');
+    const first = s.run([`link set ${b} alias first`], [b!]);
+    // a made again (a new index): the next request that names it needs a new ip, but must not run before `first`.
+    spawnSync('ip', ['link', 'del', a!]);
+    spawnSync('ip', pair(a).split(' '));
+    const second = s.run([`link set ${b} alias second`, `link set ${a} up`], [a!, b!]);
+    await new Promise((r) => setTimeout(r, 200));
+    expect(alias(b)).toBe('');
+    process.kill(old!, 'SIGCONT');
+    expect(await first).toEqual({ stdout: '', stderr: '', exitCode: 0 });
+    expect(await second).toEqual({ stdout: '', stderr: '', exitCode: 0 });
+    expect(alias(b)).toBe('second');
+    expect(s.pid).not.toBe(old);
+  });
+
+  it('moves to a new ip after its share of requests, and the old one exits', async () => {
+    const s = session({ requestsPerProcess: 2 });
+    await s.run(['link set lo up'], ['lo']);
+    const first = s.pid;
+    await s.run(['link set lo up'], ['lo']);
+    expect(s.pid).toBe(first);
+    expect((await s.run(['link set lo up'], ['lo'])).exitCode).toBe(0);
+    expect(s.pid).not.toBe(first);
+    for (let i = 0; i < 100 && alive(first); i++) await new Promise((r) => setTimeout(r, 20));
+    expect(alive(first)).toBe(false);
+  });
+
+  it('closing answers the requests in flight, then waits for ip to exit; later calls are refused', async () => {
+    const s = session();
+    const [a] = names;
+    const inFlight = s.run([pair(a)], [a!]);
+    const pid = s.pid;
+    await s.close();
+    expect(await inFlight).toEqual({ stdout: '', stderr: '', exitCode: 0 });
+    expect(exists(a!)).toBe(true);
+    expect(alive(pid)).toBe(false);
+    await expect(s.run(['link set lo up'], ['lo'])).rejects.toThrow(/closed/);
   });
 
   it('refuses a line ip would count as two, rather than lose count of the lines', async () => {

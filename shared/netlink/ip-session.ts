@@ -11,41 +11,50 @@ import type { RunResult } from './exec';
  * iproute2 reads its batch one line at a time and reports a failed line on stderr as
  * "Command failed -:N" (N counts every line read). A request is its lines followed by a line that always
  * fails (an unknown object): the report of that line, on the same stream as the request's own errors and
- * after them, marks the request done. `-force` keeps ip reading after a failure, so one request's failure
- * never swallows the next one's lines.
+ * after them, marks the request done. `-force` keeps ip reading after a failed line; but some bad input
+ * (an invalid prefix, a garbage argument) makes ip exit. Since ip runs lines in order, the request at the
+ * head of the queue is then the one that failed, and the requests behind it never ran: they go to a new
+ * `ip`, so one bad request fails alone, as with an exec of its own.
  *
  * ip caches the index of a link it resolved by name (a `route add ... dev NAME` does) for as long as it
  * runs, so after that link is deleted and made again under the same name, ip would aim at the old index
  * ("No such device"). Each request therefore names the links it refers to; when one of them has another
- * index than when a request last named it, the next request goes to a new `ip`.
+ * index than when this `ip` last saw it, that request waits for the requests before it, and goes to a
+ * new `ip`. Requests are never run out of order.
  */
 
 /** Always fails in ip's parser, never touches the system: "Object "calico-ts-sync" is unknown". */
 const MARKER = 'calico-ts-sync';
 const FAILED = /^Command failed -:(\d+)$/;
-const TIMEOUT_MS = 30_000;
-/** A new `ip` after this many requests: its link cache, like ours, only grows. */
-const REQUESTS_PER_PROCESS = 1000;
+
+export interface IpSessionOptions {
+  /** A request that has been running (at the head of the queue) this long has its `ip` killed. */
+  timeoutMs?: number;
+  /** A new `ip` after this many requests: its link cache only grows. */
+  requestsPerProcess?: number;
+}
 
 interface Request {
+  lines: readonly string[];
+  links: readonly string[];
+  resolve: (r: RunResult) => void;
+  /** Set when sent: its first line's and its marker's numbers in that `ip`'s count. */
   first: number;
   marker: number;
   stderr: string[];
   failed: boolean;
-  resolve: (r: RunResult) => void;
-  timer: NodeJS.Timeout;
 }
 
-/** One `ip` process and the requests it has been sent. */
+/** One `ip` process. */
 interface Proc {
   child: ChildProcess;
   lineNo: number;
   requests: number;
-  pending: Request[];
   partial: string;
-  /** Link name -> its index when a request sent here last named it. */
+  /** Link name -> its index when a request sent here named it. */
   links: Map<string, number>;
-  done: boolean;
+  killedFor: string | undefined;
+  gone: Promise<void>;
 }
 
 /**
@@ -65,9 +74,23 @@ function ifindex(name: string): number | undefined {
 }
 
 export class IpSession {
+  private readonly timeoutMs: number;
+  private readonly requestsPerProcess: number;
   private proc: Proc | undefined;
+  /** Sent to `proc`, in order; the head is the one ip is running. */
+  private inflight: Request[] = [];
+  /** Not sent yet, in order. */
+  private waiting: Request[] = [];
+  /** `proc` takes no more requests: the next go to a new `ip` once those in flight are done. */
+  private draining = false;
+  private headTimer: NodeJS.Timeout | undefined;
+  private readonly retired = new Set<Proc>();
+  private closed = false;
 
-  constructor(private readonly timeoutMs = TIMEOUT_MS) {}
+  constructor(opts: IpSessionOptions = {}) {
+    this.timeoutMs = opts.timeoutMs ?? 30_000;
+    this.requestsPerProcess = opts.requestsPerProcess ?? 1000;
+  }
 
   /**
    * Runs the lines as one request; resolves as an exec of `ip -batch -` would (exit 0 when every line
@@ -75,14 +98,10 @@ export class IpSession {
    */
   run(lines: readonly string[], links: readonly string[]): Promise<RunResult> {
     if (!sessionSafe(lines)) return Promise.reject(new CniError(ErrorCode.Internal, 'ip session: a line holds a newline or ends with a backslash'));
-    const proc = this.procFor(links);
+    if (this.closed) return Promise.reject(new CniError(ErrorCode.Internal, 'ip session: closed'));
     return new Promise((resolve) => {
-      const first = proc.lineNo + 1;
-      proc.lineNo += lines.length + 1;
-      proc.requests++;
-      const timer = setTimeout(() => this.kill(proc, 'timed out'), this.timeoutMs);
-      proc.pending.push({ first, marker: proc.lineNo, stderr: [], failed: false, resolve, timer });
-      proc.child.stdin?.write(`${lines.join('\n')}${lines.length ? '\n' : ''}${MARKER}\n`);
+      this.waiting.push({ lines, links, resolve, first: 0, marker: 0, stderr: [], failed: false });
+      this.pump();
     });
   }
 
@@ -92,68 +111,125 @@ export class IpSession {
   }
 
   /**
-   * Ends the session's `ip` once it has done what it was sent (killed if that takes over a second), and
-   * resolves when it is gone, reaped by this process. A later run() starts a new one.
+   * Lets the `ip`s finish what they were sent (killed if that takes over a second) and resolves when they
+   * are gone, reaped by this process. Calls made after it are refused.
    */
   async close(): Promise<void> {
-    const proc = this.proc;
-    if (!proc) return;
-    this.proc = undefined;
-    if (proc.done) return;
-    const gone = new Promise<void>((resolve) => proc.child.once('close', () => resolve()));
-    proc.child.stdin?.end();
-    const timer = setTimeout(() => this.kill(proc, 'closed'), 1000);
-    await gone;
+    this.closed = true;
+    for (const req of this.waiting.splice(0)) req.resolve({ stdout: '', stderr: 'ip session closed', exitCode: 1 });
+    // The current ip stays current until it exits, so that the requests it was sent are answered.
+    this.proc?.child.stdin?.end();
+    const procs = [...this.retired, ...(this.proc ? [this.proc] : [])];
+    const timer = setTimeout(() => procs.forEach((p) => this.kill(p, 'closed')), 1000);
+    await Promise.all(procs.map((p) => p.gone));
     clearTimeout(timer);
   }
 
-  /** The current `ip`, unless it may hold a stale index for one of these links or has served its share. */
-  private procFor(links: readonly string[]): Proc {
-    const now = new Map<string, number>();
-    for (const name of links) {
+  private pump(): void {
+    for (;;) {
+      const req = this.waiting[0];
+      if (!req) return;
+      if (this.proc && !this.draining && this.needsFreshIp(this.proc, req)) this.draining = true;
+      if (this.draining) {
+        if (this.inflight.length > 0 || !this.proc) return;
+        this.retire(this.proc);
+      }
+      this.waiting.shift();
+      this.send(this.proc ?? this.start(), req);
+    }
+  }
+
+  private needsFreshIp(proc: Proc, req: Request): boolean {
+    if (proc.requests >= this.requestsPerProcess) return true;
+    return req.links.some((name) => {
+      const seen = proc.links.get(name);
+      const now = ifindex(name);
+      return seen !== undefined && now !== undefined && seen !== now;
+    });
+  }
+
+  private send(proc: Proc, req: Request): void {
+    // A link gone now keeps the index ip may have cached for it, so that its successor is seen as new.
+    for (const name of req.links) {
       const index = ifindex(name);
-      if (index !== undefined) now.set(name, index);
+      if (index !== undefined) proc.links.set(name, index);
     }
-    let proc = this.proc;
-    const stale = proc && [...now].some(([name, index]) => proc?.links.has(name) && proc.links.get(name) !== index);
-    if (proc && (stale || proc.requests >= REQUESTS_PER_PROCESS)) {
-      // It finishes what it was sent, then reads the end of its input and exits.
-      proc.child.stdin?.end();
-      proc = undefined;
+    req.first = proc.lineNo + 1;
+    proc.lineNo += req.lines.length + 1;
+    req.marker = proc.lineNo;
+    proc.requests++;
+    this.inflight.push(req);
+    if (this.inflight.length === 1) this.startHeadTimer(proc);
+    proc.child.stdin?.write(`${req.lines.join('\n')}${req.lines.length ? '\n' : ''}${MARKER}\n`);
+  }
+
+  /**
+   * A link the request made (absent when it was sent) may now be cached by ip: its index is noted. One that
+   * changed while the request ran may be cached under either index: no index matches it any more, so the
+   * next request naming it goes to a new ip.
+   */
+  private noteLinksAfter(proc: Proc, req: Request): void {
+    for (const name of req.links) {
+      const now = ifindex(name);
+      const seen = proc.links.get(name);
+      if (now !== undefined && seen !== now) proc.links.set(name, seen === undefined ? now : -1);
     }
-    proc ??= this.start();
-    for (const [name, index] of now) proc.links.set(name, index);
-    return proc;
+  }
+
+  /** The time limit runs from when ip starts on a request, not from when it was queued. */
+  private startHeadTimer(proc: Proc): void {
+    clearTimeout(this.headTimer);
+    this.headTimer = setTimeout(() => this.kill(proc, `timed out after ${this.timeoutMs} ms`), this.timeoutMs);
   }
 
   private start(): Proc {
     const child = spawn('ip', ['-force', '-batch', '-'], { env: { ...process.env, LC_ALL: 'C' }, stdio: ['pipe', 'pipe', 'pipe'] });
-    const proc: Proc = { child, lineNo: 0, requests: 0, pending: [], partial: '', links: new Map(), done: false };
+    let gone = (): void => undefined;
+    const proc: Proc = { child, lineNo: 0, requests: 0, partial: '', links: new Map(), killedFor: undefined, gone: new Promise((r) => (gone = r)) };
     this.proc = proc;
+    this.draining = false;
     child.stdout?.resume();
     child.stderr?.setEncoding('utf8');
     child.stderr?.on('data', (chunk: string) => this.onStderr(proc, chunk));
     child.stdin?.on('error', () => undefined);
-    child.on('error', (e) => this.end(proc, `failed to run ip: ${e.message}`));
-    child.on('close', (code, signal) => this.end(proc, `ip -batch exited (${signal ?? code})`));
+    // 'close' comes after all of its stderr was read, and after 'error' when ip could not be started.
+    let spawnError: string | undefined;
+    child.on('error', (e) => (spawnError = `failed to run ip: ${e.message}`));
+    child.on('close', (code, signal) => {
+      this.onClose(proc, spawnError ?? proc.killedFor ?? `ip -batch exited (${signal ?? code})`);
+      gone();
+    });
     return proc;
   }
 
+  /** ip finishes what it was sent, reads the end of its input and exits. */
+  private retire(proc: Proc): void {
+    this.retired.add(proc);
+    void proc.gone.then(() => this.retired.delete(proc));
+    proc.child.stdin?.end();
+    if (this.proc === proc) this.proc = undefined;
+    this.draining = false;
+  }
+
   private onStderr(proc: Proc, chunk: string): void {
+    if (proc !== this.proc) return;
     const lines = (proc.partial + chunk).split('\n');
     proc.partial = lines.pop() ?? '';
     for (const line of lines) this.onLine(proc, line);
   }
 
   private onLine(proc: Proc, line: string): void {
-    const req = proc.pending[0];
+    const req = this.inflight[0];
     if (!req) return;
     const m = FAILED.exec(line);
     const n = m ? Number(m[1]) : undefined;
     if (n === req.marker) {
-      proc.pending.shift();
-      clearTimeout(req.timer);
+      this.inflight.shift();
+      this.noteLinksAfter(proc, req);
+      clearTimeout(this.headTimer);
+      if (this.inflight.length > 0) this.startHeadTimer(proc);
       req.resolve({ stdout: '', stderr: req.stderr.join(''), exitCode: req.failed ? 1 : 0 });
+      if (this.draining && this.inflight.length === 0) this.pump();
       return;
     }
     if (n !== undefined) {
@@ -166,19 +242,28 @@ export class IpSession {
   }
 
   private kill(proc: Proc, why: string): void {
+    proc.killedFor ??= `ip -batch ${why}`;
     proc.child.kill('SIGKILL');
-    this.end(proc, `ip -batch ${why}`);
   }
 
-  /** Whatever ended an `ip`, each call in flight there fails as a killed `ip` would have; the next call starts afresh. */
-  private end(proc: Proc, why: string): void {
-    if (proc.done) return;
-    proc.done = true;
-    if (this.proc === proc) this.proc = undefined;
-    for (const req of proc.pending.splice(0)) {
-      clearTimeout(req.timer);
-      req.resolve({ stdout: '', stderr: `${req.stderr.join('')}${why}`, exitCode: 1 });
+  /**
+   * The `ip` is gone. The request it was running fails (after the process is gone, so nothing it does
+   * lands after the caller was told); those behind it never ran, and go to a new `ip` in their order.
+   */
+  private onClose(proc: Proc, why: string): void {
+    if (proc !== this.proc) return;
+    this.proc = undefined;
+    this.draining = false;
+    clearTimeout(this.headTimer);
+    const [head, ...rest] = this.inflight.splice(0);
+    if (head) head.resolve({ stdout: '', stderr: `${head.stderr.join('')}${why}`, exitCode: 1 });
+    for (const req of rest) Object.assign(req, { stderr: [], failed: false });
+    this.waiting.unshift(...rest);
+    if (this.closed) {
+      for (const req of this.waiting.splice(0)) req.resolve({ stdout: '', stderr: why, exitCode: 1 });
+      return;
     }
+    this.pump();
   }
 }
 
