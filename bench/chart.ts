@@ -10,13 +10,17 @@ interface Results {
   date: string;
   cnitool: Record<'ours' | 'oursGrpc' | 'oursAgent' | 'go', { add: { samples: number[] }; del: { samples: number[] } }>;
   version: Record<string, { samples: number[] }>;
-  burst: Record<'ours' | 'oursGrpc' | 'oursAgent' | 'go', Record<string, unknown>>;
+  burst: Record<'ours' | 'oursGrpc' | 'oursAgent' | 'go', Record<string, unknown>> & { seaAgent?: Record<string, unknown> };
+  seaBuildWithAgent?: { add?: { samples: number[] }; del?: { samples: number[] } } | string;
+  floor?: { add: { samples: number[] }; del: { samples: number[] }; burst: Record<string, unknown> };
 }
 
 const OURS = '#e4572e';
 const GO = '#2e86ab';
 const GRPC = '#f2a541';
 const AGENT = '#6a994e';
+const SEA_AGENT = '#386641';
+const FLOOR = '#bbbbbb';
 
 function quantile(s: number[], p: number): number {
   const x = [...s].sort((a, b) => a - b);
@@ -36,10 +40,24 @@ export function renderChart(r: Results): string {
     { key: 'oursAgent', label: 'calico-ts + node agent', color: AGENT },
     { key: 'go', label: 'ptp+host-local', color: GO },
   ];
-  const each = (pick: (k: Key) => number[]) => who.map((w) => ({ label: w.label, color: w.color, samples: pick(w.key) }));
+  const seaAgent = typeof r.seaBuildWithAgent === 'object' ? r.seaBuildWithAgent : undefined;
+  // After ours and before Go: the SEA build with the agent, and the floor no per-call Node design goes below.
+  const extra = (add: boolean): Series[] => [
+    ...(seaAgent ? [{ label: 'SEA build + node agent', color: SEA_AGENT, samples: (add ? seaAgent.add?.samples : seaAgent.del?.samples) ?? [] }] : []),
+    ...(r.floor ? [{ label: 'floor: Node client, no-op agent', color: FLOOR, samples: (add ? r.floor.add : r.floor.del).samples }] : []),
+  ];
+  const each = (pick: (k: Key) => number[], more: Series[] = []) => {
+    const mine = who.filter((w) => w.key !== 'go').map((w) => ({ label: w.label, color: w.color, samples: pick(w.key) }));
+    const go = who.filter((w) => w.key === 'go').map((w) => ({ label: w.label, color: w.color, samples: pick(w.key) }));
+    return [...mine, ...more, ...go];
+  };
+  const burstExtra = (k: 'add' | 'del'): Series[] => [
+    ...(r.burst.seaAgent ? [{ label: 'SEA build + node agent', color: SEA_AGENT, samples: burstSamples(r.burst.seaAgent, k) }] : []),
+    ...(r.floor ? [{ label: 'floor: Node client, no-op agent', color: FLOOR, samples: burstSamples(r.floor.burst, k) }] : []),
+  ];
   const groups: { title: string; series: Series[] }[] = [
-    { title: 'cnitool ADD', series: each((k) => r.cnitool[k]?.add.samples ?? []) },
-    { title: 'cnitool DEL', series: each((k) => r.cnitool[k]?.del.samples ?? []) },
+    { title: 'cnitool ADD', series: each((k) => r.cnitool[k]?.add.samples ?? [], extra(true)) },
+    { title: 'cnitool DEL', series: each((k) => r.cnitool[k]?.del.samples ?? [], extra(false)) },
     {
       title: 'VERSION (direct exec)',
       series: [
@@ -48,11 +66,11 @@ export function renderChart(r: Results): string {
         { label: 'node -e 0', samples: r.version.nodeNoop?.samples ?? [], color: '#888' },
       ],
     },
-    { title: 'burst ADD (per op)', series: each((k) => (r.burst[k] ? burstSamples(r.burst[k], 'add') : [])) },
-    { title: 'burst DEL (per op)', series: each((k) => (r.burst[k] ? burstSamples(r.burst[k], 'del') : [])) },
+    { title: 'burst ADD (per op)', series: each((k) => (r.burst[k] ? burstSamples(r.burst[k], 'add') : []), burstExtra('add')) },
+    { title: 'burst DEL (per op)', series: each((k) => (r.burst[k] ? burstSamples(r.burst[k], 'del') : []), burstExtra('del')) },
   ];
   const W = 900;
-  const left = 170;
+  const left = 230;
   const right = 40;
   const rowH = 26;
   const groupGap = 34;

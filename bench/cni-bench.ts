@@ -8,6 +8,7 @@
  */
 import { execFile, spawn } from 'node:child_process';
 import fs from 'node:fs';
+import net from 'node:net';
 import os from 'node:os';
 import path from 'node:path';
 import { promisify } from 'node:util';
@@ -127,6 +128,31 @@ async function burst(c: Contender, tag: string): Promise<Record<string, unknown>
   }
 }
 
+/**
+ * A stand-in for the node agent that does no work: every call gets a success at once (ADD a result with
+ * an address of its own). Through it, a call costs exactly what any design with a Node process per call
+ * pays before doing anything: cnitool, Node's start, the client, one socket round trip. It is the floor
+ * our latency and burst numbers cannot go below while each call starts Node.
+ */
+async function startStandInAgent(socket: string): Promise<{ close: () => Promise<void> }> {
+  let n = 0;
+  const server = net.createServer((conn) => {
+    let text = '';
+    conn.on('data', (d: Buffer) => {
+      text += d.toString('utf8');
+      if (!text.endsWith('\n')) return;
+      const req = JSON.parse(text) as { env?: Record<string, string> };
+      n++;
+      const result = { cniVersion: '1.0.0', interfaces: [{ name: 'eth0' }], ips: [{ address: `10.99.${(n >> 8) & 255}.${n & 255}/32`, interface: 0 }] };
+      const stdout = req.env?.CNI_COMMAND === 'ADD' ? JSON.stringify(result) : '';
+      conn.end(JSON.stringify({ status: 0, stdout, stderr: '' }) + '\n');
+    });
+    conn.on('error', () => undefined);
+  });
+  await new Promise<void>((resolve) => server.listen(socket, resolve));
+  return { close: () => new Promise<void>((resolve) => server.close(() => resolve())) };
+}
+
 async function peakRssKb(file: string, env: Record<string, string>, stdin: string): Promise<number> {
   const r = await timed('/usr/bin/time', ['-f', 'RSS=%M', file], env, stdin);
   const m = /RSS=(\d+)/.exec(r.stderr);
@@ -238,8 +264,10 @@ async function main(): Promise<void> {
   const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'ctsbench-'));
   const etcd = await startEtcd();
   let agent: Agent | undefined;
+  let standIn: { close: () => Promise<void> } | undefined;
   try {
     agent = await startAgent({ binary: path.join(DIST, 'calico'), socket: path.join(tmp, 'agent.sock') });
+    standIn = await startStandInAgent(path.join(tmp, 'stand-in.sock'));
     const pool = await timed(path.join(DIST, 'calico-ipam'), ['pool', 'add', '10.210.0.0/16', '--etcd-endpoints', etcd.endpoint], { PATH: CLEAN_PATH });
     if (pool.code !== 0) throw new Error(pool.stderr);
     /** A calico network of its own (name, node name) in its own NETCONFPATH; `extra` is merged into the plugin. */
@@ -263,6 +291,10 @@ async function main(): Promise<void> {
     const sea = seaCurrent ? calico('calico-ts SEA build (default etcd_transport "http")', 'benchsea', seaDir) : undefined;
     // The SEA build as the client of the same agent (both are one build): no script to read at all.
     const seaAgent = seaCurrent ? calico('calico-ts SEA build with the node agent', 'benchseaagent', seaDir, { agent_socket: agent.socket }) : undefined;
+    // The floor: the fastest client build against a stand-in agent that answers at once (no IPAM, no veth).
+    const floor = calico('floor: the Node client (SEA build if built) against a stand-in agent that does no work', 'benchfloor', seaCurrent ? seaDir : DIST, {
+      agent_socket: path.join(tmp, 'stand-in.sock'),
+    });
     const go: Contender = {
       label: 'Go reference (ptp + host-local)',
       network: 'gobench',
@@ -288,7 +320,12 @@ async function main(): Promise<void> {
     if (sea) await addDelSeriesN(sea, 'ctsbench-warmsea', 3);
     if (seaAgent) await addDelSeriesN(seaAgent, 'ctsbench-warmseaagent', 3);
     const seaAgentSeries = { add: [] as number[], del: [] as number[] };
+    const floorSeries = { add: [] as number[], del: [] as number[] };
+    await addDelSeriesN(floor, 'ctsbench-warmfloor', 3);
     for (let round = 0; round < N; round += 5) {
+      const f = await addDelSeriesN(floor, `ctsbench-f${round}`, Math.min(5, N - round));
+      floorSeries.add.push(...f.add);
+      floorSeries.del.push(...f.del);
       const o = await addDelSeriesN(ours, `ctsbench-o${round}`, Math.min(5, N - round));
       const g = await addDelSeriesN(go, `ctsbench-g${round}`, Math.min(5, N - round));
       const h = await addDelSeriesN(oursGrpc, `ctsbench-r${round}`, Math.min(5, N - round));
@@ -318,6 +355,7 @@ async function main(): Promise<void> {
     const burstGrpc = await burst(oursGrpc, 'ctsbench-br');
     const burstAgent = await burst(oursAgent, 'ctsbench-ba');
     const burstSeaAgent = seaAgent ? await burst(seaAgent, 'ctsbench-bsa') : undefined;
+    const burstFloor = await burst(floor, 'ctsbench-bf');
     console.error('bench: peak RSS');
     const mem = await rss(etcd.endpoint, 'http');
     const memGrpc = await rss(etcd.endpoint, 'grpc');
@@ -373,6 +411,16 @@ async function main(): Promise<void> {
         oursAgent: { label: oursAgent.label, add: kAdd, del: kDel },
         go: { label: go.label, add: gAdd, del: gDel },
       },
+      floor: {
+        label: floor.label,
+        add: stats(floorSeries.add),
+        del: stats(floorSeries.del),
+        burst: burstFloor,
+        // What the targets leave once this floor is paid: a ratio over the target here cannot be met by any
+        // design that starts Node per call, whatever the agent does.
+        addRatioToGo: ratio(stats(floorSeries.add).p50, gAdd.p50),
+        delRatioToGo: ratio(stats(floorSeries.del).p50, gDel.p50),
+      },
       burst: { ours: burstOurs, oursGrpc: burstGrpc, oursAgent: burstAgent, ...(burstSeaAgent ? { seaAgent: burstSeaAgent } : {}), go: burstGo },
       peakRssKb: { http: mem, grpc: memGrpc, agent: memAgent },
       ipamScale: scale,
@@ -397,6 +445,9 @@ async function main(): Promise<void> {
       row('SEA build ADD/DEL', `${sa.p50} / ${sd.p50}`, `VERSION ${version.seaCalico?.p50}`, `${xa.p50} / ${xd.p50}`, '');
       if (burstSeaAgent) row(`SEA build burst ADD/DEL`, '', '', `${String(burstSeaAgent.addTotalMs)} / ${String(burstSeaAgent.delTotalMs)}`, '');
     }
+    const fa = stats(floorSeries.add);
+    const fd = stats(floorSeries.del);
+    row('floor (no-op agent) ADD/DEL', `${fa.p50} / ${fd.p50}`, `${ratio(fa.p50, gAdd.p50)}x / ${ratio(fd.p50, gDel.p50)}x Go`, `burst ${String(burstFloor.addTotalMs)} / ${String(burstFloor.delTotalMs)}`, '');
     const mb = (kb: number | undefined) => String(Math.round((kb ?? 0) / 1024));
     row('peak RSS ADD (MB)', mb(mem.calicoAddKb), mb(memGrpc.calicoAddKb), `${mb(memAgent.calicoAddKb)} (agent ${mb(memAgent.agentPeakKb)})`, mb(mem.ptpAddKb));
     console.log(`IPAM scale (3-member etcd): ${JSON.stringify(scale)}`);
@@ -404,6 +455,7 @@ async function main(): Promise<void> {
     for (const t of targets) console.log(`  ${t.met ? 'met    ' : 'MISSED '} [${t.config}] ${t.what}: ${t.value}`);
     console.log(`\nwrote ${path.relative(ROOT, path.join(outDir, 'latest.json'))} and latest.svg`);
   } finally {
+    await standIn?.close();
     await agent?.stop();
     await etcd.stop();
     fs.rmSync(tmp, { recursive: true, force: true });
