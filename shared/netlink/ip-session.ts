@@ -1,7 +1,7 @@
 import { spawn, type ChildProcess } from 'node:child_process';
-import fs from 'node:fs';
 import { CniError, ErrorCode } from '../cni/errors';
 import type { RunResult } from './exec';
+import { linkIndex } from './link';
 
 /*
  * A long-lived `ip -force -batch -` in the host namespace, for a process that makes many host-side changes
@@ -63,14 +63,6 @@ interface Proc {
  */
 export function sessionSafe(lines: readonly string[]): boolean {
   return lines.every((l) => !/[\r\n]/.test(l) && !l.endsWith('\\'));
-}
-
-function ifindex(name: string): number | undefined {
-  try {
-    return Number(fs.readFileSync(`/sys/class/net/${name}/ifindex`, 'utf8'));
-  } catch {
-    return undefined;
-  }
 }
 
 export class IpSession {
@@ -143,7 +135,7 @@ export class IpSession {
     if (proc.requests >= this.requestsPerProcess) return true;
     return req.links.some((name) => {
       const seen = proc.links.get(name);
-      const now = ifindex(name);
+      const now = linkIndex(name);
       return seen !== undefined && now !== undefined && seen !== now;
     });
   }
@@ -151,7 +143,7 @@ export class IpSession {
   private send(proc: Proc, req: Request): void {
     // A link gone now keeps the index ip may have cached for it, so that its successor is seen as new.
     for (const name of req.links) {
-      const index = ifindex(name);
+      const index = linkIndex(name);
       if (index !== undefined) proc.links.set(name, index);
     }
     req.first = proc.lineNo + 1;
@@ -170,7 +162,7 @@ export class IpSession {
    */
   private noteLinksAfter(proc: Proc, req: Request): void {
     for (const name of req.links) {
-      const now = ifindex(name);
+      const now = linkIndex(name);
       const seen = proc.links.get(name);
       if (now !== undefined && seen !== now) proc.links.set(name, seen === undefined ? now : -1);
     }

@@ -21,6 +21,15 @@ export function linkMac(name: string): string | undefined {
   }
 }
 
+/** The link's index, unique for the life of its namespace (a link made again under its name gets another). */
+export function linkIndex(name: string): number | undefined {
+  try {
+    return Number(fs.readFileSync(`/sys/class/net/${name}/ifindex`, 'utf8'));
+  } catch {
+    return undefined;
+  }
+}
+
 export function netnsExists(path: string): boolean {
   return fs.existsSync(path);
 }
