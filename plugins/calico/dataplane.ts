@@ -3,6 +3,7 @@ import { CniError, ErrorCode } from '../../shared/cni/errors';
 import type { Logger } from '../../shared/cni/log';
 import { failedBatchLine, ip, ipHostChanges, netnsRef, run, type NetnsRef } from '../../shared/netlink/exec';
 import { linkAlias, linkExists, netnsExists } from '../../shared/netlink/link';
+import { deleteHostLink } from '../../shared/netlink/link-delete';
 import { writeSysctl } from '../../shared/netlink/sysctl';
 import type { Family } from '../../shared/calico/keys';
 
@@ -232,21 +233,22 @@ export function ownHostVeth(containerId: string, names: readonly string[]): stri
 /**
  * Removes the workload's interfaces; whatever is already gone is fine. A host veth is removed only if its
  * alias names this container (or `force`, for the rollback of our own ADD): after a StatefulSet pod is
- * replaced, a newer pod with the same name owns a veth of the same name (upstream calico#10375).
+ * replaced, a newer pod with the same name owns a veth of the same name (upstream calico#10375). Deleting
+ * our host veth deletes its peer, the pod's end, with it: no namespace switch, and in the node agent no
+ * fork either. Without one, the pod's interface is deleted by name in its namespace, as upstream does.
  */
 export async function tearDown(t: TearDownTarget, log: Logger, opts: { force?: boolean } = {}): Promise<void> {
+  const own = opts.force ? t.hostIfnames.find((n) => linkExists(n)) : ownHostVeth(t.containerId, t.hostIfnames);
+  if (own) {
+    const r = await deleteHostLink(own);
+    if (r.exitCode !== 0 && linkExists(own)) throw new CniError(ErrorCode.Netlink, `failed to delete host veth ${own}: ${r.stderr.trim()}`);
+    return;
+  }
   if (t.netns !== '' && netnsExists(t.netns)) {
-    // Deleting the container end deletes the pair: one exec, and the kernel's ~20 ms of veth teardown.
     const r = await ip(['link', 'del', t.ifname], { ns: netnsRef(t.netns) });
     if (r.exitCode !== 0 && !/Cannot find device|does not exist/i.test(r.stderr)) {
       throw new CniError(ErrorCode.Netlink, `failed to delete ${t.ifname} in netns ${JSON.stringify(t.netns)}: ${r.stderr.trim()}`);
     }
-  }
-  const own = opts.force ? t.hostIfnames.find((n) => linkExists(n)) : ownHostVeth(t.containerId, t.hostIfnames);
-  if (own) {
-    const r = await ipHostChanges([`link del ${own}`], [own]);
-    if (r.exitCode !== 0 && linkExists(own)) throw new CniError(ErrorCode.Netlink, `failed to delete host veth ${own}: ${r.stderr.trim()}`);
-    return;
   }
   for (const name of t.hostIfnames.filter((n) => linkExists(n))) {
     log.info('leaving host veth that belongs to another container', { name, alias: linkAlias(name) });

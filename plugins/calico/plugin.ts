@@ -283,7 +283,9 @@ function firstFailure(outcomes: readonly PromiseSettledResult<unknown>[]): CniEr
  */
 async function cmdDel(s: Session): Promise<void> {
   const { ctx, id } = s;
-  const interfaces = tearDown({ containerId: ctx.env.containerId, netns: ctx.env.netns, ifname: ctx.env.ifname, hostIfnames: hostIfnames(id) }, ctx.log);
+  const interfaces = tearDown({ containerId: ctx.env.containerId, netns: ctx.env.netns, ifname: ctx.env.ifname, hostIfnames: hostIfnames(id) }, ctx.log).then(() =>
+    ctx.log.debug('interfaces gone', { t: ctx.log.elapsed() }),
+  );
   const datastore = readPreamble(s).then(async ({ existing }) => {
     const failure = firstFailure(
       await Promise.allSettled([
@@ -292,6 +294,7 @@ async function cmdDel(s: Session): Promise<void> {
       ]),
     );
     if (failure) throw failure;
+    ctx.log.debug('addresses and endpoint released', { t: ctx.log.elapsed() });
   });
   const failure = firstFailure(await Promise.allSettled([datastore, interfaces]));
   if (failure) throw failure;

@@ -97,6 +97,11 @@ export class IpSession {
     });
   }
 
+  /** Requests are in flight or waiting: a new one would wait for them. */
+  get busy(): boolean {
+    return this.inflight.length > 0 || this.waiting.length > 0;
+  }
+
   /** The running `ip`'s PID, if one runs. */
   get pid(): number | undefined {
     return this.proc?.child.pid;
@@ -260,10 +265,16 @@ export class IpSession {
 }
 
 let shared: IpSession | undefined;
+let deleter: IpSession | undefined;
 
-/** From now on, host-side `ip` changes of this process go through one long-lived `ip` (the node agent). */
+/**
+ * From now on, host-side `ip` changes of this process go through one long-lived `ip` (the node agent), and
+ * link deletions through a second one: a `link del` holds its `ip` in the kernel for ~20 ms after the link
+ * is gone (netdev_run_todo's rcu_barrier), which an ADD's host-side changes must not wait behind.
+ */
 export function keepIpSession(): IpSession {
   shared ??= new IpSession();
+  deleter ??= new IpSession();
   return shared;
 }
 
@@ -271,8 +282,13 @@ export function currentIpSession(): IpSession | undefined {
   return shared;
 }
 
+export function currentLinkDeleter(): IpSession | undefined {
+  return deleter;
+}
+
 export async function closeIpSession(): Promise<void> {
-  const s = shared;
+  const sessions = [shared, deleter];
   shared = undefined;
-  await s?.close();
+  deleter = undefined;
+  await Promise.all(sessions.map((s) => s?.close()));
 }

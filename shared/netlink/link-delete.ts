@@ -1,0 +1,45 @@
+import { run, type RunResult } from './exec';
+import { currentIpSession, currentLinkDeleter } from './ip-session';
+import { linkIndex } from './link';
+
+/** How often a long-lived process looks whether a link it is deleting is gone. */
+const GONE_POLL_MS = 1;
+
+const OK: RunResult = { stdout: '', stderr: '', exitCode: 0 };
+
+/**
+ * Deletes a link of the host namespace (for a veth, its peer goes with it, wherever it is). Resolves as
+ * `ip link del` would, except in a process that keeps an ip session (the node agent): there it resolves as
+ * soon as the link is gone from the host. The kernel unlists the link, its addresses and routes, and its
+ * peer within a few ms, then holds the caller ~20 ms more in an RCU barrier before freeing the memory; the
+ * agent answers without waiting for that, and reaps `ip` when it is done. It uses its deleting `ip` when
+ * that is idle, and an exec of its own otherwise, so that deletions of a burst overlap in the kernel as
+ * execs do.
+ */
+export async function deleteHostLink(name: string): Promise<RunResult> {
+  const index = linkIndex(name);
+  if (index === undefined) return OK;
+  const deleter = currentLinkDeleter();
+  if (!currentIpSession() || !deleter) return run('ip', ['link', 'del', name]);
+  const done = deleter.busy ? run('ip', ['link', 'del', name]) : deleter.run([`link del ${name}`], [name]);
+  const gone = new AbortController();
+  try {
+    // Once the link is gone, whatever ip says after it changes nothing.
+    return (await Promise.race([done, goneFromHost(name, index, gone.signal)])) ?? OK;
+  } finally {
+    gone.abort();
+    done.catch(() => undefined);
+  }
+}
+
+/** Resolves (to undefined) once no link of that name has that index, unless aborted first. */
+function goneFromHost(name: string, index: number, abort: AbortSignal): Promise<undefined> {
+  return new Promise((resolve) => {
+    const look = (): void => {
+      if (abort.aborted) return;
+      if (linkIndex(name) !== index) resolve(undefined);
+      else setTimeout(look, GONE_POLL_MS);
+    };
+    setTimeout(look, GONE_POLL_MS);
+  });
+}

@@ -1,0 +1,123 @@
+import { spawnSync } from 'node:child_process';
+import fs from 'node:fs';
+import os from 'node:os';
+import path from 'node:path';
+import { afterAll, afterEach, describe, expect, it } from 'vitest';
+import { closeIpSession, currentLinkDeleter, keepIpSession } from '../shared/netlink/ip-session';
+import { deleteHostLink } from '../shared/netlink/link-delete';
+
+/*
+ * Deleting a host link, against the real iproute2 and kernel, with veth pairs named after this process
+ * (removed again whatever happens). The kernel unlists a deleted link within a few ms, then holds the
+ * deleting `ip` ~20 ms in an RCU barrier. To prove who waits for what without timing anything, a stand-in
+ * `ip` first in PATH runs the real one and then stays on for a while after a `link del`, as that barrier
+ * does; every other use of it is the real ip.
+ */
+
+const names = [0, 1, 2].map((i) => `ctsdel${i}${process.pid % 100000}`);
+const exists = (name: string) => fs.existsSync(`/sys/class/net/${name}`);
+const removeAll = () => names.filter(exists).forEach((n) => spawnSync('ip', ['link', 'del', n], { stdio: 'ignore' }));
+process.on('exit', removeAll);
+
+const realIp = spawnSync('sh', ['-c', 'command -v ip'], { encoding: 'utf8' }).stdout.trim();
+const bin = fs.mkdtempSync(path.join(os.tmpdir(), 'cts-link-delete-'));
+fs.writeFileSync(
+  path.join(bin, 'ip'),
+  `#!/bin/sh\nif [ "$1" = link ] && [ "$2" = del ]; then ${realIp} "$@"; s=$?; sleep "\${CTS_IP_LINGER:-3}"; exit $s; fi\nexec ${realIp} "$@"\n`,
+  { mode: 0o755 },
+);
+const originalPath = process.env.PATH;
+
+/** A veth pair: `name` here, `${name}p` its peer. */
+function pair(name: string): void {
+  const r = spawnSync('ip', ['link', 'add', name, 'type', 'veth', 'peer', 'name', `${name}p`], { encoding: 'utf8' });
+  expect(r.status, r.stderr).toBe(0);
+}
+
+/** Live processes of this test running the stand-in's `ip link del NAME`. */
+function lingering(name: string): number[] {
+  return fs.readdirSync('/proc').filter((e) => {
+    if (!/^\d+$/.test(e)) return false;
+    try {
+      return fs.readFileSync(`/proc/${e}/cmdline`, 'utf8').split('\0').join(' ').includes(`${bin}/ip link del ${name}`);
+    } catch {
+      return false;
+    }
+  }).map(Number);
+}
+
+async function gone(pids: number[]): Promise<boolean> {
+  for (let i = 0; i < 100 && pids.some((p) => fs.existsSync(`/proc/${p}`)); i++) await new Promise((r) => setTimeout(r, 50));
+  return !pids.some((p) => fs.existsSync(`/proc/${p}`));
+}
+
+afterEach(async () => {
+  process.env.PATH = originalPath;
+  delete process.env.CTS_IP_LINGER;
+  await closeIpSession();
+  removeAll();
+});
+afterAll(() => {
+  removeAll();
+  fs.rmSync(bin, { recursive: true, force: true });
+});
+
+describe('deleting a host link', () => {
+  it('in a plugin process, waits for ip to finish, and both ends of the veth are gone', async () => {
+    const [a] = names as [string];
+    pair(a);
+    process.env.PATH = `${bin}:${originalPath}`;
+    process.env.CTS_IP_LINGER = '1';
+    const r = await deleteHostLink(a);
+    expect(r.exitCode, r.stderr).toBe(0);
+    expect(lingering(a)).toEqual([]);
+    expect(exists(a) || exists(`${a}p`)).toBe(false);
+  });
+
+  it('in the agent, answers once the link and its peer are gone, while the ip that deleted it still lingers; that ip is reaped after', async () => {
+    const [a, b] = names as [string, string];
+    pair(a);
+    pair(b);
+    process.env.PATH = `${bin}:${originalPath}`;
+    keepIpSession();
+    // The first goes to the agent's deleting ip; the second finds it busy and is an exec of its own.
+    const [ra, rb] = await Promise.all([deleteHostLink(a), deleteHostLink(b)]);
+    expect([ra.exitCode, rb.exitCode]).toEqual([0, 0]);
+    expect([a, `${a}p`, b, `${b}p`].filter(exists)).toEqual([]);
+    const stillRunning = lingering(b);
+    expect(stillRunning).toHaveLength(1);
+    expect(await gone(stillRunning)).toBe(true);
+  });
+
+  it('in the agent, deletes through one long-lived ip when that is idle', async () => {
+    const [a, b] = names as [string, string];
+    pair(a);
+    pair(b);
+    keepIpSession();
+    expect((await deleteHostLink(a)).exitCode).toBe(0);
+    const deleter = currentLinkDeleter()?.pid;
+    expect(deleter).toBeGreaterThan(0);
+    expect((await deleteHostLink(b)).exitCode).toBe(0);
+    expect(currentLinkDeleter()?.pid).toBe(deleter);
+    expect([a, `${a}p`, b, `${b}p`].filter(exists)).toEqual([]);
+    await closeIpSession();
+    expect(await gone([deleter!])).toBe(true);
+  });
+
+  it('reports a link the kernel will not delete, in the agent as in a plugin process', async () => {
+    const plain = await deleteHostLink('lo');
+    keepIpSession();
+    const kept = await deleteHostLink('lo');
+    for (const r of [plain, kept]) {
+      expect(r.exitCode).not.toBe(0);
+      expect(r.stderr).toMatch(/not supported/i);
+    }
+    expect(exists('lo')).toBe(true);
+  });
+
+  it('takes a link that is already gone as deleted, running nothing', async () => {
+    keepIpSession();
+    expect(await deleteHostLink(names[2]!)).toEqual({ stdout: '', stderr: '', exitCode: 0 });
+    expect(currentLinkDeleter()?.pid).toBeUndefined();
+  });
+});
