@@ -214,6 +214,23 @@ describe('result shape for every CNI version (direct exec)', () => {
   }
 });
 
+describe('DEL and etcd', () => {
+  it('reads the IPAM handles along with the readiness check and the endpoint: 4 requests (3 one after another), and the address is free', async () => {
+    const ns = await netns();
+    const cid = `delreads${process.pid}`;
+    const env = cniEnv({ command: 'ADD', containerId: cid, netns: ns.path });
+    const add = await runPlugin('calico', { env, stdin: directConf('1.0.0') });
+    expect(add.status, add.stderr + add.stdout).toBe(0);
+    expect(await etcd.get(`/calico/ipam/v2/handle/${NET}.${cid}`)).toBeDefined();
+    const del = await runPlugin('calico', { env: { ...env, CNI_COMMAND: 'DEL' }, stdin: directConf('1.0.0', { log_level: 'debug' }) });
+    expect(del.status, del.stderr + del.stdout).toBe(0);
+    // The readiness read (with the endpoint and both handle forms), the block, the release, the endpoint's delete.
+    expect(del.stderr).toMatch(/addresses and endpoint released t=[\d.]+ roundTrips=4\b/);
+    expect(await etcd.get(`/calico/ipam/v2/handle/${NET}.${cid}`)).toBeUndefined();
+    expect(await linkJson(hostVeth(cid))).toEqual([]);
+  });
+});
+
 describe('nothing is left behind', () => {
   it('a failure after IPAM (eth0 already taken in the netns) leaves no address, no veth and no endpoint', async () => {
     const ns = await netns();

@@ -10,7 +10,8 @@ import { keys } from '../../shared/calico/keys';
 import { decodeClusterInformation, decodeWorkloadEndpoint, parseJsonAt, type WorkloadEndpoint } from '../../shared/calico/model';
 import { DEFAULT_NODENAME_FILE, determineNodename, validateNodename } from '../../shared/calico/nodename';
 import { openStore } from '../../shared/etcd/connect';
-import { ipamAdd, ipamCheck, ipamDel, ipamGc, ipamStatus, type IpamCall } from '../../shared/ipam/cni-ipam';
+import { ipamAdd, ipamCheck, ipamDel, ipamGc, ipamStatus, releasedHandleIds, type IpamCall } from '../../shared/ipam/cni-ipam';
+import type { KnownHandles } from '../../shared/ipam/allocator';
 import { parseIp } from '../../shared/ipam/cidr';
 import { linkAlias } from '../../shared/netlink/link';
 import { ipHostChanges } from '../../shared/netlink/exec';
@@ -74,9 +75,9 @@ async function ipamAddFor(s: Session): Promise<Result> {
   return r;
 }
 
-async function ipamVerb(s: Session, verb: 'DEL' | 'CHECK'): Promise<void> {
+async function ipamVerb(s: Session, verb: 'DEL' | 'CHECK', known?: KnownHandles): Promise<void> {
   if (s.inProcessIpam) {
-    if (verb === 'DEL') await ipamDel(ipamCall(s));
+    if (verb === 'DEL') await ipamDel(ipamCall(s), known);
     else await ipamCheck(ipamCall(s));
     return;
   }
@@ -121,11 +122,18 @@ interface Preamble {
   clusterInfo: KeyValue | undefined;
   profile: KeyValue | undefined;
   existing: { kv: KeyValue; wep: WorkloadEndpoint } | undefined;
+  /** The IPAM handles asked for, read along (DEL's release then needs no read of its own for them). */
+  handles: KnownHandles;
 }
 
-/** One round trip: ClusterInformation, the network's profile and this workload's endpoint. */
-async function readPreamble(s: Session): Promise<Preamble> {
-  const [ci, profile, wep] = await s.store.read([{ key: keys.clusterInformation }, { key: keys.profile(s.ctx.conf.name) }, { key: workloadEndpointKey(s.id) }]);
+/** One round trip: ClusterInformation, the network's profile, this workload's endpoint, and `handleIds`. */
+async function readPreamble(s: Session, handleIds: readonly string[] = []): Promise<Preamble> {
+  const [ci, profile, wep, ...handles] = await s.store.read([
+    { key: keys.clusterInformation },
+    { key: keys.profile(s.ctx.conf.name) },
+    { key: workloadEndpointKey(s.id) },
+    ...handleIds.map((id) => ({ key: keys.handle(id) })),
+  ]);
   const clusterInfo = ci?.[0];
   if (clusterInfo && decodeClusterInformation(clusterInfo.value).spec.datastoreReady === false) {
     throw new CniError(ErrorCode.TryAgainLater, 'Calico is currently not ready to process requests: ClusterInformation default has datastoreReady false');
@@ -135,6 +143,7 @@ async function readPreamble(s: Session): Promise<Preamble> {
     clusterInfo,
     profile: profile?.[0],
     existing: wepKv ? { kv: wepKv, wep: parseJsonAt(wepKv.key, wepKv.value, decodeWorkloadEndpoint) } : undefined,
+    handles: new Map(handleIds.map((id, i) => [id, handles[i]?.[0]])),
   };
 }
 
@@ -286,15 +295,16 @@ async function cmdDel(s: Session): Promise<void> {
   const interfaces = tearDown({ containerId: ctx.env.containerId, netns: ctx.env.netns, ifname: ctx.env.ifname, hostIfnames: hostIfnames(id) }, ctx.log).then(() =>
     ctx.log.debug('interfaces gone', { t: ctx.log.elapsed() }),
   );
-  const datastore = readPreamble(s).then(async ({ existing }) => {
+  // With calico-ipam in this process, its handles are read along with the readiness check: a round trip less.
+  const datastore = readPreamble(s, s.inProcessIpam ? releasedHandleIds(ipamCall(s)) : []).then(async ({ existing, handles }) => {
     const failure = firstFailure(
       await Promise.allSettled([
-        ipamVerb(s, 'DEL').catch((e: unknown) => Promise.reject(toCniError(e, 'failed to release addresses'))),
+        ipamVerb(s, 'DEL', handles).catch((e: unknown) => Promise.reject(toCniError(e, 'failed to release addresses'))),
         deleteOwnEndpoint(s, existing),
       ]),
     );
     if (failure) throw failure;
-    ctx.log.debug('addresses and endpoint released', { t: ctx.log.elapsed() });
+    ctx.log.debug('addresses and endpoint released', { t: ctx.log.elapsed(), roundTrips: s.store.roundTrips });
   });
   const failure = firstFailure(await Promise.allSettled([datastore, interfaces]));
   if (failure) throw failure;

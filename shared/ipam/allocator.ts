@@ -24,6 +24,14 @@ import { allocateOrdinal, freeCount, isEmpty, newBlock, ordinalAddress, ordinals
 import { cidrContains, cidrSize, fnv1, formatCidr, parseCidr, parseIp, subnetAt, type Cidr } from './cidr';
 import { selectorMatches } from './selector';
 
+/**
+ * Handle keys a caller has already read (the calico plugin's DEL reads them with its readiness check, in the
+ * same round trip): handle id -> its key-value, undefined when there is none. A release's first attempt
+ * takes them instead of reading them again; its transaction is guarded by their revisions as by its own
+ * read, and a retry reads afresh.
+ */
+export type KnownHandles = ReadonlyMap<string, KeyValue | undefined>;
+
 /** One address held by a handle, with the block it came from. */
 export interface Allocation {
   family: Family;
@@ -291,8 +299,8 @@ export class Allocator {
    * Frees the addresses of several handles (calico's DEL releases both of upstream's handle forms) in one
    * read of the handles, one of their blocks and one transaction. Missing handles free nothing.
    */
-  async releaseHandles(handleIds: readonly string[]): Promise<Allocation[]> {
-    const byHandle = await this.retrying(`release handle ${handleIds.join(', ')}`, () => this.releaseHandlesOnce([...new Set(handleIds)]));
+  async releaseHandles(handleIds: readonly string[], known?: KnownHandles): Promise<Allocation[]> {
+    const byHandle = await this.retrying(`release handle ${handleIds.join(', ')}`, (i) => this.releaseHandlesOnce([...new Set(handleIds)], i === 0 ? known : undefined));
     return [...byHandle.values()].flat();
   }
 
@@ -305,10 +313,11 @@ export class Allocator {
   async releaseTogether(
     calls: readonly (readonly string[])[],
     settle: (i: number, outcome: PromiseSettledResult<Allocation[]>) => void = () => undefined,
+    known?: KnownHandles,
   ): Promise<PromiseSettledResult<Allocation[]>[]> {
     if (calls.length > 1) {
       try {
-        const byHandle = await this.retrying(`release ${calls.length} calls' handles`, () => this.releaseHandlesOnce([...new Set(calls.flat())]));
+        const byHandle = await this.retrying(`release ${calls.length} calls' handles`, (i) => this.releaseHandlesOnce([...new Set(calls.flat())], i === 0 ? known : undefined));
         const counted = new Set<string>();
         return calls.map((ids) => {
           const fresh = [...new Set(ids)].filter((id) => !counted.has(id));
@@ -321,7 +330,7 @@ export class Allocator {
     }
     const out: PromiseSettledResult<Allocation[]>[] = [];
     for (const [i, ids] of calls.entries()) {
-      const outcome = await settledOf(this.releaseHandles(ids));
+      const outcome = await settledOf(this.releaseHandles(ids, known));
       out.push(outcome);
       settle(i, outcome);
     }
@@ -679,10 +688,10 @@ export class Allocator {
 
   // ---- release -----------------------------------------------------------------------------------------
 
-  private async releaseHandlesOnce(handleIds: readonly string[]): Promise<Map<string, Allocation[]>> {
-    const res = await this.store.read(handleIds.map((h) => ({ key: keys.handle(h) })));
+  private async releaseHandlesOnce(handleIds: readonly string[], known?: KnownHandles): Promise<Map<string, Allocation[]>> {
+    const res = known && handleIds.every((id) => known.has(id)) ? handleIds.map((id) => known.get(id)) : (await this.store.read(handleIds.map((h) => ({ key: keys.handle(h) })))).map((r) => r[0]);
     const handles = handleIds.flatMap((id, i) => {
-      const kv = res[i]?.[0];
+      const kv = res[i];
       return kv ? [{ id, kv, cidrs: Object.keys(parseJsonAt(kv.key, kv.value, decodeHandle).block ?? {}) }] : [];
     });
     const released = new Map<string, Allocation[]>();

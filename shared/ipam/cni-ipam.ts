@@ -5,7 +5,7 @@ import type { Logger } from '../cni/log';
 import { parseAnyResult, type Result } from '../cni/result';
 import type { Family } from '../calico/keys';
 import type { Store } from '../store/store';
-import { Allocator, type Allocation, type AssignOutcome, type AssignRequest, type FamilyRequest } from './allocator';
+import { Allocator, type Allocation, type AssignOutcome, type AssignRequest, type FamilyRequest, type KnownHandles } from './allocator';
 import { ordinalsOf } from './block';
 import { parseCidr, parseIp } from './cidr';
 import { inGroup } from '../sync/group';
@@ -131,15 +131,42 @@ export async function ipamAdd(call: IpamCall): Promise<Result> {
   return resultOf(call.version, allocations);
 }
 
-/** Releases both handle forms; nothing held is success, so DEL can be repeated. */
-export async function ipamDel(call: IpamCall): Promise<Allocation[]> {
-  const handles = [handleIdFor(call.conf, call.env.containerId), legacyHandleId(call.env)];
-  const released = await inGroup<string[], Allocation[]>(
-    { lock: hostKey(call), queue: groupKey('release', call), max: GROUP_MAX, run: (calls: string[][], settle) => allocatorFor(call).releaseTogether(calls, settle) },
-    handles,
+/** The handles a DEL releases: ours, and upstream's form before v3 (and after CRI container-id rotation). */
+export function releasedHandleIds(call: Pick<IpamCall, 'conf' | 'env'>): string[] {
+  return [handleIdFor(call.conf, call.env.containerId), legacyHandleId(call.env)];
+}
+
+interface Release {
+  handles: string[];
+  known: KnownHandles | undefined;
+}
+
+/**
+ * Releases both handle forms; nothing held is success, so DEL can be repeated. `known`: those handles as the
+ * caller read them just before (see KnownHandles), to spare a round trip.
+ */
+export async function ipamDel(call: IpamCall, known?: KnownHandles): Promise<Allocation[]> {
+  const released = await inGroup<Release, Allocation[]>(
+    {
+      lock: hostKey(call),
+      queue: groupKey('release', call),
+      max: GROUP_MAX,
+      run: (calls: Release[], settle) =>
+        allocatorFor(call).releaseTogether(
+          calls.map((c) => c.handles),
+          settle,
+          mergedKnown(calls),
+        ),
+    },
+    { handles: releasedHandleIds(call), known },
   );
   call.log.info('released', { handle: handleIdFor(call.conf, call.env.containerId), ips: released.map((a) => a.ip) });
   return released;
+}
+
+/** The grouped calls' known handles together (a release reads them all again unless each is known). */
+function mergedKnown(calls: readonly Release[]): KnownHandles {
+  return new Map(calls.flatMap((c) => [...(c.known ?? [])]));
 }
 
 /** CHECK: the handle exists and holds exactly the addresses of prevResult. */

@@ -1,6 +1,6 @@
 import { run, type RunResult } from './exec';
 import { currentIpSession, currentLinkDeleter } from './ip-session';
-import { linkIndex } from './link';
+import { linkExists, linkIndex } from './link';
 
 /** How often a long-lived process looks whether a link it is deleting is gone. */
 const GONE_POLL_MS = 1;
@@ -32,12 +32,19 @@ export async function deleteHostLink(name: string): Promise<RunResult> {
   }
 }
 
-/** Resolves (to undefined) once no link of that name has that index, unless aborted first. */
+/**
+ * Resolves (to undefined) once no link of that name has that index, unless aborted first. An index that
+ * cannot be read counts as gone only when the link's directory is gone too.
+ */
 function goneFromHost(name: string, index: number, abort: AbortSignal): Promise<undefined> {
+  const gone = (): boolean => {
+    const now = linkIndex(name);
+    return now === undefined ? !linkExists(name) : now !== index;
+  };
   return new Promise((resolve) => {
     const look = (): void => {
       if (abort.aborted) return;
-      if (linkIndex(name) !== index) resolve(undefined);
+      if (gone()) resolve(undefined);
       else setTimeout(look, GONE_POLL_MS);
     };
     setTimeout(look, GONE_POLL_MS);

@@ -24,7 +24,8 @@ export function linkMac(name: string): string | undefined {
 /** The link's index, unique for the life of its namespace (a link made again under its name gets another). */
 export function linkIndex(name: string): number | undefined {
   try {
-    return Number(fs.readFileSync(`/sys/class/net/${name}/ifindex`, 'utf8'));
+    const index = Number(fs.readFileSync(`/sys/class/net/${name}/ifindex`, 'utf8'));
+    return Number.isInteger(index) && index > 0 ? index : undefined;
   } catch {
     return undefined;
   }

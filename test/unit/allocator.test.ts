@@ -134,6 +134,34 @@ describe('Allocator: automatic assignment', () => {
     expectConsistent(store);
   });
 
+  it('releaseHandles takes handles the caller read along (2 round trips), and reads afresh when they changed since', async () => {
+    const store = await storeWith([{ cidr: '10.0.0.0/24' }]);
+    const al = allocator(store);
+    const readAlong = async (ids: string[]) => {
+      const res = await store.read(ids.map((id) => ({ key: keys.handle(id) })));
+      return new Map(ids.map((id, i) => [id, res[i]?.[0]]));
+    };
+    const a = await al.assign(req('net1.c1'));
+    const known = await readAlong(['net1.c1', 'absent']);
+    let trips = store.roundTrips;
+    expect((await al.releaseHandles(['net1.c1', 'absent'], known)).map((x) => x.ip)).toEqual([a.allocations[0]?.ip]);
+    expect(store.roundTrips - trips).toBe(2);
+    expect(store.snapshot().has(keys.handle('net1.c1'))).toBe(false);
+    expect(allocatedCount(store)).toBe(0);
+
+    // Read along, then the handle changed (its address released, another assigned under it): the guarded
+    // transaction fails, and the retry reads the handle as it is now.
+    await al.assign(req('net1.c2'));
+    const stale = await readAlong(['net1.c2']);
+    await al.releaseHandles(['net1.c2']);
+    const again = await al.assign(req('net1.c2'));
+    trips = store.roundTrips;
+    expect((await al.releaseHandles(['net1.c2'], stale)).map((x) => x.ip)).toEqual([again.allocations[0]?.ip]);
+    expect(store.roundTrips - trips).toBe(2 + 3);
+    expect(allocatedCount(store)).toBe(0);
+    expectConsistent(store);
+  });
+
   it('releaseHandle frees the addresses and deletes the handle; a second release is a no-op', async () => {
     const store = await storeWith([{ cidr: '10.0.0.0/24' }, { cidr: 'fd00:1::/120' }]);
     const al = allocator(store);
