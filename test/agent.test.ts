@@ -244,6 +244,8 @@ describe('calico agent', () => {
     const other = await netns();
     const r = await call('ADD', 'agent-ipsession-2', other, conf({ agent_socket: second.socket }));
     expect(r.status, r.stdout + r.stderr).toBe(0);
+    // A fresh agent: its ip for changes only, until a DEL deletes the pair through its host end.
+    expect(ipChildren(second.pid)).toHaveLength(1);
     await call('DEL', 'agent-ipsession-2', other, conf({ agent_socket: second.socket }));
     const its = ipChildren(second.pid);
     expect(its).toHaveLength(2);

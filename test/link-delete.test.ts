@@ -28,7 +28,17 @@ const realIp = spawnSync('sh', ['-c', 'command -v ip'], { encoding: 'utf8' }).st
 const bin = fs.mkdtempSync(path.join(os.tmpdir(), 'cts-link-delete-'));
 fs.writeFileSync(
   path.join(bin, 'ip'),
-  `#!/bin/sh\nif [ "$1" = link ] && [ "$2" = del ]; then ${realIp} "$@"; s=$?; sleep "\${CTS_IP_LINGER:-3}"; exit $s; fi\nexec ${realIp} "$@"\n`,
+  [
+    '#!/bin/sh',
+    `if [ "$1" = link ] && [ "$2" = del ]; then ${realIp} "$@"; s=$?; sleep "\${CTS_IP_LINGER:-3}"; exit $s; fi`,
+    // A batch: the line after a `link del` reaches ip only after the linger, as if ip were still held.
+    `if [ "$1" = -force ] && [ "$2" = -batch ]; then`,
+    `  while IFS= read -r line; do printf '%s\\n' "$line"; case "$line" in "link del "*) sleep "\${CTS_IP_LINGER:-3}";; esac; done | ${realIp} "$@"`,
+    '  exit',
+    'fi',
+    `exec ${realIp} "$@"`,
+    '',
+  ].join('\n'),
   { mode: 0o755 },
 );
 const originalPath = process.env.PATH;
@@ -89,9 +99,31 @@ describe('deleting a host link', () => {
     const [ra, rb] = await Promise.all([deleteHostLink(a), deleteHostLink(b)]);
     expect([ra.exitCode, rb.exitCode]).toEqual([0, 0]);
     expect([a, `${a}p`, b, `${b}p`].filter(listed)).toEqual([]);
+    // Neither waited for its ip: the deleting ip has not answered its request, the exec has not exited.
+    expect(currentLinkDeleter()?.busy).toBe(true);
     const stillRunning = lingering(b);
     expect(stillRunning).toHaveLength(1);
     expect(await gone(stillRunning)).toBe(true);
+    for (let i = 0; i < 100 && currentLinkDeleter()?.busy; i++) await new Promise((r) => setTimeout(r, 50));
+    expect(currentLinkDeleter()?.busy).toBe(false);
+  });
+
+  it('in the agent, waits for ip again once 16 deletes answered early have an ip still running', async () => {
+    const many = Array.from({ length: 17 }, (_, i) => `ctsdel${i + 3}${process.pid % 100000}`);
+    names.push(...many);
+    many.forEach(pair);
+    process.env.PATH = `${bin}:${originalPath}`;
+    keepIpSession();
+    const early = await Promise.all(many.slice(0, 16).map((n) => deleteHostLink(n)));
+    expect(early.map((r) => r.exitCode)).toEqual(Array(16).fill(0));
+    const last = many[16]!;
+    process.env.CTS_IP_LINGER = '1';
+    expect((await deleteHostLink(last)).exitCode).toBe(0);
+    expect(lingering(last)).toEqual([]);
+    expect(many.filter(listed)).toEqual([]);
+    const rest = many.slice(1, 16).flatMap(lingering);
+    expect(await gone(rest)).toBe(true);
+    for (let i = 0; i < 100 && currentLinkDeleter()?.busy; i++) await new Promise((r) => setTimeout(r, 50));
   });
 
   it('in the agent, deletes through one long-lived ip when that is idle', async () => {

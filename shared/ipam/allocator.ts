@@ -330,7 +330,8 @@ export class Allocator {
     }
     const out: PromiseSettledResult<Allocation[]>[] = [];
     for (const [i, ids] of calls.entries()) {
-      const outcome = await settledOf(this.releaseHandles(ids, known));
+      // After a failed group attempt, what was known is stale: each call reads afresh.
+      const outcome = await settledOf(this.releaseHandles(ids, calls.length > 1 ? undefined : known));
       out.push(outcome);
       settle(i, outcome);
     }
@@ -689,7 +690,10 @@ export class Allocator {
   // ---- release -----------------------------------------------------------------------------------------
 
   private async releaseHandlesOnce(handleIds: readonly string[], known?: KnownHandles): Promise<Map<string, Allocation[]>> {
-    const res = known && handleIds.every((id) => known.has(id)) ? handleIds.map((id) => known.get(id)) : (await this.store.read(handleIds.map((h) => ({ key: keys.handle(h) })))).map((r) => r[0]);
+    // Known handles serve when one of them holds something; "none held" is only believed from a read of
+    // its own, since nothing would guard it (a repeated DEL, or a DEL after a failed ADD, pays that read).
+    const useKnown = known !== undefined && handleIds.every((id) => known.has(id)) && handleIds.some((id) => known.get(id));
+    const res = useKnown ? handleIds.map((id) => known.get(id)) : (await this.store.read(handleIds.map((h) => ({ key: keys.handle(h) })))).map((r) => r[0]);
     const handles = handleIds.flatMap((id, i) => {
       const kv = res[i];
       return kv ? [{ id, kv, cidrs: Object.keys(parseJsonAt(kv.key, kv.value, decodeHandle).block ?? {}) }] : [];
@@ -699,6 +703,8 @@ export class Allocator {
     const blocks = await this.readBlocks([...new Set(handles.flatMap((h) => h.cidrs))]);
     const now = this.now();
     const compares: Compare[] = handles.map((h) => ({ key: h.kv.key, modRevision: h.kv.modRevision }));
+    // A handle read as absent must still be absent, or this release would miss what it holds now.
+    for (const [i, id] of handleIds.entries()) if (!res[i]) compares.push({ key: keys.handle(id), modRevision: 0 });
     const ops: Op[] = handles.map((h) => ({ op: 'delete', key: h.kv.key }));
     for (const { kv, block } of blocks) {
       if (!kv || !block) continue;

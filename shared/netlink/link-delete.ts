@@ -8,6 +8,14 @@ const GONE_POLL_MS = 1;
 const OK: RunResult = { stdout: '', stderr: '', exitCode: 0 };
 
 /**
+ * Deletes answered before their `ip` returned, whose `ip` has not returned yet. Past this many (a kernel
+ * stuck in unregister_netdevice, say), a delete waits for its `ip` again, so that the agent's limit on
+ * calls at once holds the next ones back rather than each leaving an `ip` behind.
+ */
+const MAX_UNRETURNED = 16;
+let unreturned = 0;
+
+/**
  * Deletes a link of the host namespace (for a veth, its peer goes with it, wherever it is). Resolves as
  * `ip link del` would, except in a process that keeps an ip session (the node agent): there it resolves as
  * soon as the link is gone from the host. The kernel unlists the link, its addresses and routes, and its
@@ -20,12 +28,16 @@ export async function deleteHostLink(name: string): Promise<RunResult> {
   const index = linkIndex(name);
   if (index === undefined) return OK;
   const deleter = currentLinkDeleter();
-  if (!currentIpSession() || !deleter) return run('ip', ['link', 'del', name]);
+  if (!currentIpSession() || !deleter || unreturned >= MAX_UNRETURNED) return run('ip', ['link', 'del', name]);
   const done = deleter.busy ? run('ip', ['link', 'del', name]) : deleter.run([`link del ${name}`], [name]);
   const gone = new AbortController();
   try {
-    // Once the link is gone, whatever ip says after it changes nothing.
-    return (await Promise.race([done, goneFromHost(name, index, gone.signal)])) ?? OK;
+    const first = await Promise.race([done, goneFromHost(name, index, gone.signal)]);
+    if (first) return first;
+    // Gone: whatever ip says after it changes nothing.
+    unreturned++;
+    void done.catch(() => undefined).finally(() => unreturned--);
+    return OK;
   } finally {
     gone.abort();
     done.catch(() => undefined);

@@ -159,6 +159,18 @@ describe('Allocator: automatic assignment', () => {
     expect((await al.releaseHandles(['net1.c2'], stale)).map((x) => x.ip)).toEqual([again.allocations[0]?.ip]);
     expect(store.roundTrips - trips).toBe(2 + 3);
     expect(allocatedCount(store)).toBe(0);
+
+    // Read along as absent, then created (a legacy-form handle, say): the release guards its absence too,
+    // so it fails and the retry frees what the handle holds now.
+    const held = await al.assign(req('net1.c3'));
+    const absent = await readAlong(['net1.c3', 'legacy-c3']);
+    const late = await al.assign(req('legacy-c3'));
+    expect((await al.releaseHandles(['net1.c3', 'legacy-c3'], absent)).map((x) => x.ip).sort()).toEqual([held.allocations[0]?.ip, late.allocations[0]?.ip].sort());
+    // Known to hold nothing at all is not taken on trust: the handles are read again.
+    const none = await readAlong(['net1.c4']);
+    const c4 = await al.assign(req('net1.c4'));
+    expect((await al.releaseHandles(['net1.c4'], none)).map((x) => x.ip)).toEqual([c4.allocations[0]?.ip]);
+    expect(allocatedCount(store)).toBe(0);
     expectConsistent(store);
   });
 
