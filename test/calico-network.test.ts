@@ -215,19 +215,31 @@ describe('result shape for every CNI version (direct exec)', () => {
 });
 
 describe('DEL and etcd', () => {
-  it('reads the IPAM handles along with the readiness check and the endpoint: 4 requests (3 one after another), and the address is free', async () => {
+  /** ADD, then DEL at debug level; the etcd requests DEL made, as it logs them. */
+  async function addThenDel(cid: string, withPrevResult: boolean): Promise<number> {
     const ns = await netns();
-    const cid = `delreads${process.pid}`;
     const env = cniEnv({ command: 'ADD', containerId: cid, netns: ns.path });
     const add = await runPlugin('calico', { env, stdin: directConf('1.0.0') });
     expect(add.status, add.stderr + add.stdout).toBe(0);
     expect(await etcd.get(`/calico/ipam/v2/handle/${NET}.${cid}`)).toBeDefined();
-    const del = await runPlugin('calico', { env: { ...env, CNI_COMMAND: 'DEL' }, stdin: directConf('1.0.0', { log_level: 'debug' }) });
+    const extra = { log_level: 'debug', ...(withPrevResult ? { prevResult: add.json } : {}) };
+    const del = await runPlugin('calico', { env: { ...env, CNI_COMMAND: 'DEL' }, stdin: directConf('1.0.0', extra) });
     expect(del.status, del.stderr + del.stdout).toBe(0);
-    // The readiness read (with the endpoint and both handle forms), the block, the release, the endpoint's delete.
-    expect(del.stderr).toMatch(/addresses and endpoint released t=[\d.]+ roundTrips=4\b/);
     expect(await etcd.get(`/calico/ipam/v2/handle/${NET}.${cid}`)).toBeUndefined();
     expect(await linkJson(hostVeth(cid))).toEqual([]);
+    const m = /addresses and endpoint released t=[\d.]+ roundTrips=(\d+)\b/.exec(del.stderr);
+    expect(m, del.stderr).not.toBeNull();
+    return Number(m?.[1]);
+  }
+
+  it('reads the IPAM handles along with the readiness check and the endpoint: 4 requests, 3 one after another', async () => {
+    // The readiness read (with the endpoint and both handle forms), the block, the release, the endpoint's delete.
+    expect(await addThenDel(`delreads${process.pid}`, false)).toBe(4);
+  });
+
+  it("with prevResult (as libcni sends it), also reads the address's block along: 3 requests, 2 one after another", async () => {
+    // The readiness read (with the endpoint, both handle forms and the block), then the release and the endpoint's delete.
+    expect(await addThenDel(`delprev${process.pid}`, true)).toBe(3);
   });
 });
 

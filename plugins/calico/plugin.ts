@@ -11,8 +11,9 @@ import { decodeClusterInformation, decodeWorkloadEndpoint, parseJsonAt, type Wor
 import { DEFAULT_NODENAME_FILE, determineNodename, validateNodename } from '../../shared/calico/nodename';
 import { openStore } from '../../shared/etcd/connect';
 import { ipamAdd, ipamCheck, ipamDel, ipamGc, ipamStatus, releasedHandleIds, type IpamCall } from '../../shared/ipam/cni-ipam';
-import type { KnownHandles } from '../../shared/ipam/allocator';
-import { parseIp } from '../../shared/ipam/cidr';
+import type { KnownKeys } from '../../shared/ipam/allocator';
+import { DEFAULT_BLOCK_SIZE } from '../../shared/ipam/pools';
+import { canonicalCidr, parseIp } from '../../shared/ipam/cidr';
 import { linkAlias } from '../../shared/netlink/link';
 import { ipHostChanges } from '../../shared/netlink/exec';
 import type { Store, KeyValue, Op, Compare } from '../../shared/store/store';
@@ -75,7 +76,7 @@ async function ipamAddFor(s: Session): Promise<Result> {
   return r;
 }
 
-async function ipamVerb(s: Session, verb: 'DEL' | 'CHECK', known?: KnownHandles): Promise<void> {
+async function ipamVerb(s: Session, verb: 'DEL' | 'CHECK', known?: KnownKeys): Promise<void> {
   if (s.inProcessIpam) {
     if (verb === 'DEL') await ipamDel(ipamCall(s), known);
     else await ipamCheck(ipamCall(s));
@@ -122,17 +123,17 @@ interface Preamble {
   clusterInfo: KeyValue | undefined;
   profile: KeyValue | undefined;
   existing: { kv: KeyValue; wep: WorkloadEndpoint } | undefined;
-  /** The IPAM handles asked for, read along (DEL's release then needs no read of its own for them). */
-  handles: KnownHandles;
+  /** The other keys asked for, read along (DEL's release then need not read them itself). */
+  along: KnownKeys;
 }
 
-/** One round trip: ClusterInformation, the network's profile, this workload's endpoint, and `handleIds`. */
-async function readPreamble(s: Session, handleIds: readonly string[] = []): Promise<Preamble> {
-  const [ci, profile, wep, ...handles] = await s.store.read([
+/** One round trip: ClusterInformation, the network's profile, this workload's endpoint, and `alsoKeys`. */
+async function readPreamble(s: Session, alsoKeys: readonly string[] = []): Promise<Preamble> {
+  const [ci, profile, wep, ...along] = await s.store.read([
     { key: keys.clusterInformation },
     { key: keys.profile(s.ctx.conf.name) },
     { key: workloadEndpointKey(s.id) },
-    ...handleIds.map((id) => ({ key: keys.handle(id) })),
+    ...alsoKeys.map((key) => ({ key })),
   ]);
   const clusterInfo = ci?.[0];
   if (clusterInfo && decodeClusterInformation(clusterInfo.value).spec.datastoreReady === false) {
@@ -143,7 +144,7 @@ async function readPreamble(s: Session, handleIds: readonly string[] = []): Prom
     clusterInfo,
     profile: profile?.[0],
     existing: wepKv ? { kv: wepKv, wep: parseJsonAt(wepKv.key, wepKv.value, decodeWorkloadEndpoint) } : undefined,
-    handles: new Map(handleIds.map((id, i) => [id, handles[i]?.[0]])),
+    along: new Map(alsoKeys.map((key, i) => [key, along[i]?.[0]])),
   };
 }
 
@@ -278,6 +279,31 @@ async function deleteOwnEndpoint(s: Session, existing: Preamble['existing']): Pr
   await s.store.txn([{ key: existing.kv.key, modRevision: existing.kv.modRevision }], [{ op: 'delete', key: existing.kv.key }]);
 }
 
+/**
+ * What DEL's release will read: both handle forms, and the blocks that prevResult's addresses are in at
+ * Calico's default block sizes. That is a guess (a pool of another block size has other blocks, which the
+ * release then reads itself); when it holds, the release needs no read of its own.
+ */
+function releaseKeys(s: Session): string[] {
+  const handles = releasedHandleIds(ipamCall(s)).map((id) => keys.handle(id));
+  return [...handles, ...blockKeysOf(s.ctx.conf.prevResult, s.ctx.version)];
+}
+
+function blockKeysOf(prevResult: unknown, version: string): string[] {
+  if (prevResult === undefined) return [];
+  let prev: Result;
+  try {
+    prev = parseAnyResult(prevResult, version);
+  } catch {
+    return []; // A DEL must not fail on a prevResult it only reads for a guess.
+  }
+  return (prev.ips ?? []).flatMap((c) => {
+    const ip = parseIp(c.address.split('/')[0] ?? '');
+    const block = ip && canonicalCidr(`${c.address.split('/')[0]}/${DEFAULT_BLOCK_SIZE[ip.family]}`);
+    return ip && block ? [keys.block(ip.family, block)] : [];
+  });
+}
+
 /** The first failure among settled outcomes, as a CNI error. */
 function firstFailure(outcomes: readonly PromiseSettledResult<unknown>[]): CniError | undefined {
   const failed = outcomes.find((o): o is PromiseRejectedResult => o.status === 'rejected');
@@ -295,11 +321,11 @@ async function cmdDel(s: Session): Promise<void> {
   const interfaces = tearDown({ containerId: ctx.env.containerId, netns: ctx.env.netns, ifname: ctx.env.ifname, hostIfnames: hostIfnames(id) }, ctx.log).then(() =>
     ctx.log.debug('interfaces gone', { t: ctx.log.elapsed() }),
   );
-  // With calico-ipam in this process, its handles are read along with the readiness check: a round trip less.
-  const datastore = readPreamble(s, s.inProcessIpam ? releasedHandleIds(ipamCall(s)) : []).then(async ({ existing, handles }) => {
+  // With calico-ipam in this process, what its release reads is read along with the readiness check.
+  const datastore = readPreamble(s, s.inProcessIpam ? releaseKeys(s) : []).then(async ({ existing, along }) => {
     const failure = firstFailure(
       await Promise.allSettled([
-        ipamVerb(s, 'DEL', handles).catch((e: unknown) => Promise.reject(toCniError(e, 'failed to release addresses'))),
+        ipamVerb(s, 'DEL', along).catch((e: unknown) => Promise.reject(toCniError(e, 'failed to release addresses'))),
         deleteOwnEndpoint(s, existing),
       ]),
     );

@@ -25,12 +25,13 @@ import { cidrContains, cidrSize, fnv1, formatCidr, parseCidr, parseIp, subnetAt,
 import { selectorMatches } from './selector';
 
 /**
- * Handle keys a caller has already read (the calico plugin's DEL reads them with its readiness check, in the
- * same round trip): handle id -> its key-value, undefined when there is none. A release's first attempt
- * takes them instead of reading them again; its transaction is guarded by their revisions as by its own
- * read, and a retry reads afresh.
+ * Keys a caller has already read, by etcd key (undefined: absent). The calico plugin's DEL reads a
+ * release's handles, and the blocks its prevResult's addresses would be in, with its readiness check, in
+ * one round trip. A release's first attempt takes them instead of reading them again; its transaction is
+ * guarded by their revisions as by its own reads, and a retry reads afresh. Absence is taken on trust for
+ * no block, and for a handle only beside one that holds something (and guarded as absent then).
  */
-export type KnownHandles = ReadonlyMap<string, KeyValue | undefined>;
+export type KnownKeys = ReadonlyMap<string, KeyValue | undefined>;
 
 /** One address held by a handle, with the block it came from. */
 export interface Allocation {
@@ -299,7 +300,7 @@ export class Allocator {
    * Frees the addresses of several handles (calico's DEL releases both of upstream's handle forms) in one
    * read of the handles, one of their blocks and one transaction. Missing handles free nothing.
    */
-  async releaseHandles(handleIds: readonly string[], known?: KnownHandles): Promise<Allocation[]> {
+  async releaseHandles(handleIds: readonly string[], known?: KnownKeys): Promise<Allocation[]> {
     const byHandle = await this.retrying(`release handle ${handleIds.join(', ')}`, (i) => this.releaseHandlesOnce([...new Set(handleIds)], i === 0 ? known : undefined));
     return [...byHandle.values()].flat();
   }
@@ -313,7 +314,7 @@ export class Allocator {
   async releaseTogether(
     calls: readonly (readonly string[])[],
     settle: (i: number, outcome: PromiseSettledResult<Allocation[]>) => void = () => undefined,
-    known?: KnownHandles,
+    known?: KnownKeys,
   ): Promise<PromiseSettledResult<Allocation[]>[]> {
     if (calls.length > 1) {
       try {
@@ -403,14 +404,18 @@ export class Allocator {
     return blocks.flatMap(({ block }) => (block ? this.allocationsIn(block, ordinalsOf(block, handleId)) : []));
   }
 
-  private async readBlocks(cidrs: readonly string[]): Promise<{ cidr: string; kv: KeyValue | undefined; block: Block | undefined }[]> {
-    const parsed = cidrs.map((c) => ({ cidr: c, parsed: parseCidr(c) }));
-    const valid = parsed.filter((p): p is { cidr: string; parsed: Cidr } => p.parsed !== undefined);
-    if (valid.length === 0) return [];
-    const res = await this.store.read(valid.map((p) => ({ key: keys.block(p.parsed.family, p.cidr) })));
-    return valid.map((p, i) => {
-      const kv = res[i]?.[0];
-      return { cidr: p.cidr, kv, block: kv ? parseJsonAt(kv.key, kv.value, decodeBlock) : undefined };
+  /** The blocks, read in one round trip; those `known` holds are taken from it (none when it has them all). */
+  private async readBlocks(cidrs: readonly string[], known?: KnownKeys): Promise<{ cidr: string; kv: KeyValue | undefined; block: Block | undefined }[]> {
+    const valid = cidrs.flatMap((cidr) => {
+      const parsed = parseCidr(cidr);
+      return parsed ? [{ cidr, key: keys.block(parsed.family, cidr) }] : [];
+    });
+    const toRead = valid.filter((b) => !known?.get(b.key));
+    const res = toRead.length > 0 ? await this.store.read(toRead.map((b) => ({ key: b.key }))) : [];
+    const read = new Map(toRead.map((b, i) => [b.key, res[i]?.[0]]));
+    return valid.map((b) => {
+      const kv = known?.get(b.key) ?? read.get(b.key);
+      return { cidr: b.cidr, kv, block: kv ? parseJsonAt(kv.key, kv.value, decodeBlock) : undefined };
     });
   }
 
@@ -689,18 +694,19 @@ export class Allocator {
 
   // ---- release -----------------------------------------------------------------------------------------
 
-  private async releaseHandlesOnce(handleIds: readonly string[], known?: KnownHandles): Promise<Map<string, Allocation[]>> {
+  private async releaseHandlesOnce(handleIds: readonly string[], known?: KnownKeys): Promise<Map<string, Allocation[]>> {
     // Known handles serve when one of them holds something; "none held" is only believed from a read of
     // its own, since nothing would guard it (a repeated DEL, or a DEL after a failed ADD, pays that read).
-    const useKnown = known !== undefined && handleIds.every((id) => known.has(id)) && handleIds.some((id) => known.get(id));
-    const res = useKnown ? handleIds.map((id) => known.get(id)) : (await this.store.read(handleIds.map((h) => ({ key: keys.handle(h) })))).map((r) => r[0]);
+    const handleKeys = handleIds.map((id) => keys.handle(id));
+    const useKnown = known !== undefined && handleKeys.every((k) => known.has(k)) && handleKeys.some((k) => known.get(k));
+    const res = useKnown ? handleKeys.map((k) => known.get(k)) : (await this.store.read(handleKeys.map((key) => ({ key })))).map((r) => r[0]);
     const handles = handleIds.flatMap((id, i) => {
       const kv = res[i];
       return kv ? [{ id, kv, cidrs: Object.keys(parseJsonAt(kv.key, kv.value, decodeHandle).block ?? {}) }] : [];
     });
     const released = new Map<string, Allocation[]>();
     if (handles.length === 0) return released;
-    const blocks = await this.readBlocks([...new Set(handles.flatMap((h) => h.cidrs))]);
+    const blocks = await this.readBlocks([...new Set(handles.flatMap((h) => h.cidrs))], known);
     const now = this.now();
     const compares: Compare[] = handles.map((h) => ({ key: h.kv.key, modRevision: h.kv.modRevision }));
     // A handle read as absent must still be absent, or this release would miss what it holds now.

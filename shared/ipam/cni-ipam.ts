@@ -5,7 +5,7 @@ import type { Logger } from '../cni/log';
 import { parseAnyResult, type Result } from '../cni/result';
 import type { Family } from '../calico/keys';
 import type { Store } from '../store/store';
-import { Allocator, type Allocation, type AssignOutcome, type AssignRequest, type FamilyRequest, type KnownHandles } from './allocator';
+import { Allocator, type Allocation, type AssignOutcome, type AssignRequest, type FamilyRequest, type KnownKeys } from './allocator';
 import { ordinalsOf } from './block';
 import { parseCidr, parseIp } from './cidr';
 import { inGroup } from '../sync/group';
@@ -138,14 +138,14 @@ export function releasedHandleIds(call: Pick<IpamCall, 'conf' | 'env'>): string[
 
 interface Release {
   handles: string[];
-  known: KnownHandles | undefined;
+  known: KnownKeys | undefined;
 }
 
 /**
- * Releases both handle forms; nothing held is success, so DEL can be repeated. `known`: those handles as the
- * caller read them just before (see KnownHandles), to spare a round trip.
+ * Releases both handle forms; nothing held is success, so DEL can be repeated. `known`: keys the caller
+ * read just before (the handles, their blocks; see KnownKeys), to spare round trips.
  */
-export async function ipamDel(call: IpamCall, known?: KnownHandles): Promise<Allocation[]> {
+export async function ipamDel(call: IpamCall, known?: KnownKeys): Promise<Allocation[]> {
   const released = await inGroup<Release, Allocation[]>(
     {
       lock: hostKey(call),
@@ -164,8 +164,8 @@ export async function ipamDel(call: IpamCall, known?: KnownHandles): Promise<All
   return released;
 }
 
-/** The grouped calls' known handles together (a release reads them all again unless each is known). */
-function mergedKnown(calls: readonly Release[]): KnownHandles {
+/** The grouped calls' known keys together (a release reads its handles again unless each is known). */
+function mergedKnown(calls: readonly Release[]): KnownKeys {
   return new Map(calls.flatMap((c) => [...(c.known ?? [])]));
 }
 

@@ -26,11 +26,14 @@ export async function listPools(store: Store): Promise<IpPool[]> {
   return (res ?? []).map((kv) => decodePool(kv.value));
 }
 
+/** Calico's block sizes when a pool names none. */
+export const DEFAULT_BLOCK_SIZE = { 4: 26, 6: 122 } as const;
+
 export function buildPool(input: PoolSpecInput): IpPool {
   const cidr = parseCidr(input.cidr);
   if (!cidr) throw new CniError(ErrorCode.InvalidConfig, `invalid pool CIDR ${JSON.stringify(input.cidr)}`);
   const [min, max] = cidr.family === 4 ? [20, 32] : [116, 128];
-  const blockSize = input.blockSize ?? (cidr.family === 4 ? 26 : 122);
+  const blockSize = input.blockSize ?? DEFAULT_BLOCK_SIZE[cidr.family];
   if (!Number.isInteger(blockSize) || blockSize < min || blockSize > max) {
     throw new CniError(ErrorCode.InvalidConfig, `invalid block size ${blockSize} for an IPv${cidr.family} pool: must be ${min}-${max}`);
   }

@@ -134,14 +134,17 @@ describe('Allocator: automatic assignment', () => {
     expectConsistent(store);
   });
 
-  it('releaseHandles takes handles the caller read along (2 round trips), and reads afresh when they changed since', async () => {
+  it('releaseHandles takes the handles and blocks the caller read along, and reads afresh what changed since', async () => {
     const store = await storeWith([{ cidr: '10.0.0.0/24' }]);
     const al = allocator(store);
-    const readAlong = async (ids: string[]) => {
-      const res = await store.read(ids.map((id) => ({ key: keys.handle(id) })));
-      return new Map(ids.map((id, i) => [id, res[i]?.[0]]));
+    const readAlong = async (ids: string[], blocks: string[] = []) => {
+      const wanted = [...ids.map((id) => keys.handle(id)), ...blocks.map((b) => keys.block(4, b))];
+      const res = await store.read(wanted.map((key) => ({ key })));
+      return new Map(wanted.map((key, i) => [key, res[i]?.[0]]));
     };
     const a = await al.assign(req('net1.c1'));
+    const block = a.allocations[0]?.blockCidr ?? '';
+    // The handles alone: the block is read, then the transaction.
     const known = await readAlong(['net1.c1', 'absent']);
     let trips = store.roundTrips;
     expect((await al.releaseHandles(['net1.c1', 'absent'], known)).map((x) => x.ip)).toEqual([a.allocations[0]?.ip]);
@@ -149,15 +152,23 @@ describe('Allocator: automatic assignment', () => {
     expect(store.snapshot().has(keys.handle('net1.c1'))).toBe(false);
     expect(allocatedCount(store)).toBe(0);
 
-    // Read along, then the handle changed (its address released, another assigned under it): the guarded
-    // transaction fails, and the retry reads the handle as it is now.
+    // The handles and their block: the transaction alone.
+    const b = await al.assign(req('net1.b'));
+    const all = await readAlong(['net1.b'], [b.allocations[0]?.blockCidr ?? '']);
+    trips = store.roundTrips;
+    expect((await al.releaseHandles(['net1.b'], all)).map((x) => x.ip)).toEqual([b.allocations[0]?.ip]);
+    expect(store.roundTrips - trips).toBe(1);
+    expect(allocatedCount(store)).toBe(0);
+
+    // Read along, then the handle and its block changed (its address released, another assigned under
+    // it): the guarded transaction fails, and the retry reads them as they are now.
     await al.assign(req('net1.c2'));
-    const stale = await readAlong(['net1.c2']);
+    const stale = await readAlong(['net1.c2'], [block]);
     await al.releaseHandles(['net1.c2']);
     const again = await al.assign(req('net1.c2'));
     trips = store.roundTrips;
     expect((await al.releaseHandles(['net1.c2'], stale)).map((x) => x.ip)).toEqual([again.allocations[0]?.ip]);
-    expect(store.roundTrips - trips).toBe(2 + 3);
+    expect(store.roundTrips - trips).toBe(1 + 3);
     expect(allocatedCount(store)).toBe(0);
 
     // Read along as absent, then created (a legacy-form handle, say): the release guards its absence too,
