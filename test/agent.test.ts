@@ -253,6 +253,36 @@ describe('calico agent', () => {
     expect(its.filter((pid) => fs.existsSync(`/proc/${pid}`))).toEqual([]);
   });
 
+  it("a pod's new sandbox takes over the veth name its old sandbox still holds, and a late DEL of the old one leaves it alone", async () => {
+    const old = await netns();
+    const newer = await netns();
+    const args = 'K8S_POD_NAMESPACE=default;K8S_POD_NAME=agent-sts-0';
+    const oldCid = `agent-sts-old-${process.pid}`;
+    const newCid = `agent-sts-new-${process.pid}`;
+    const first = await call('ADD', oldCid, old, conf(), { CNI_ARGS: args });
+    expect(first.status, first.stdout + first.stderr).toBe(0);
+    const veth = (first.json as { interfaces: { name: string }[] }).interfaces[0]?.name ?? '';
+    // The old sandbox's veth is still up: the new ADD deletes it (through the agent's deleting ip, answered
+    // once the name is free) and makes its own pair under the same name at once.
+    const second = await call('ADD', newCid, newer, conf(), { CNI_ARGS: args });
+    expect(second.status, second.stdout + second.stderr).toBe(0);
+    expect((second.json as { interfaces: { name: string }[] }).interfaces[0]?.name).toBe(veth);
+    expect(fs.readFileSync(`/sys/class/net/${veth}/ifalias`, 'utf8').trim()).toBe(`calico-ts:${newCid}`);
+    await expect(exec('ip', ['-n', old.name, 'link', 'show', 'dev', 'eth0'])).rejects.toThrow(/does not exist/);
+    const ip = ((second.json as { ips: { address: string }[] }).ips[0]?.address ?? '').split('/')[0] ?? '';
+    expect((await exec('ip', ['-n', newer.name, '-o', 'addr', 'show', 'dev', 'eth0'])).stdout).toContain(`inet ${ip}/32`);
+    expect((await exec('ip', ['route', 'show', `${ip}/32`])).stdout).toContain(`dev ${veth} scope link`);
+
+    const late = await call('DEL', oldCid, old, conf(), { CNI_ARGS: args });
+    expect(late.status, late.stdout + late.stderr).toBe(0);
+    expect(await linkExists(veth)).toBe(true);
+    expect(fs.readFileSync(`/sys/class/net/${veth}/ifalias`, 'utf8').trim()).toBe(`calico-ts:${newCid}`);
+    const del = await call('DEL', newCid, newer, conf(), { CNI_ARGS: args });
+    expect(del.status, del.stdout + del.stderr).toBe(0);
+    expect(await linkExists(veth)).toBe(false);
+    expect(served(oldCid)).toEqual(['ADD exit 0', 'DEL exit 0']);
+  });
+
   it('with no agent on the socket the call runs in its own process, and says so on stderr', async () => {
     const pod = await netns();
     const stdin = conf({ agent_socket: path.join(tmp, 'nobody.sock') });

@@ -10,8 +10,8 @@ import { deleteHostLink } from '../shared/netlink/link-delete';
  * Deleting a host link, against the real iproute2 and kernel, with veth pairs named after this process
  * (removed again whatever happens). The kernel unlists a deleted link within a few ms, then holds the
  * deleting `ip` ~20 ms in an RCU barrier. To prove who waits for what without timing anything, a stand-in
- * `ip` first in PATH runs the real one and then stays on for a while after a `link del`, as that barrier
- * does; every other use of it is the real ip.
+ * `ip` first in PATH deletes 0.3 s late (an answer before the link is gone finds it still there) and then
+ * stays on for a while, as that barrier does; every other use of it is the real ip.
  */
 
 const names = [0, 1, 2].map((i) => `ctsdel${i}${process.pid % 100000}`);
@@ -30,10 +30,10 @@ fs.writeFileSync(
   path.join(bin, 'ip'),
   [
     '#!/bin/sh',
-    `if [ "$1" = link ] && [ "$2" = del ]; then ${realIp} "$@"; s=$?; sleep "\${CTS_IP_LINGER:-3}"; exit $s; fi`,
-    // A batch: the line after a `link del` reaches ip only after the linger, as if ip were still held.
+    `if [ "$1" = link ] && [ "$2" = del ]; then sleep 0.3; ${realIp} "$@"; s=$?; sleep "\${CTS_IP_LINGER:-3}"; exit $s; fi`,
+    // A batch: a `link del` reaches ip 0.3 s late, and the line after it only after the linger.
     `if [ "$1" = -force ] && [ "$2" = -batch ]; then`,
-    `  while IFS= read -r line; do printf '%s\\n' "$line"; case "$line" in "link del "*) sleep "\${CTS_IP_LINGER:-3}";; esac; done | ${realIp} "$@"`,
+    `  while IFS= read -r line; do case "$line" in "link del "*) sleep 0.3;; esac; printf '%s\\n' "$line"; case "$line" in "link del "*) sleep "\${CTS_IP_LINGER:-3}";; esac; done | ${realIp} "$@"`,
     '  exit',
     'fi',
     `exec ${realIp} "$@"`,

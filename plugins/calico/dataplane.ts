@@ -162,7 +162,7 @@ async function claimHostIfname(w: Workload, log: Logger): Promise<string> {
     const owner = vethOwner(name);
     if (w.vethNamedByPod || owner === w.containerId) {
       log.warn('deleting stale host veth', { name, owner });
-      await ipHostChanges([`link del ${name}`], [name]);
+      await deleteHostLink(name);
       return name;
     }
     owners.push(owner === undefined ? `${name} is being set up by another ADD` : `${name} belongs to container ${owner}`);
@@ -200,7 +200,7 @@ export async function setUpContainerSide(w: Workload, log: Logger): Promise<Cont
     if (failed === 1) {
       if (attempt === 1 && !w.vethNamedByPod && /File exists/i.test(batch.stderr) && linkExists(hostIfname)) continue;
     } else if (linkExists(hostIfname)) {
-      await ipHostChanges([`link del ${hostIfname}`], [hostIfname]);
+      await deleteHostLink(hostIfname);
     }
     throw new CniError(ErrorCode.Netlink, `failed to set up ${w.ifname} in netns ${JSON.stringify(w.netns)}: ${batch.stderr.trim().replace(/\s+/g, ' ')}`);
   }
@@ -211,7 +211,7 @@ export async function setUpHostEnd(side: ContainerSide, log: Logger): Promise<vo
   try {
     await setUpHostSide(side.workload, side.ns, log);
   } catch (e) {
-    await ipHostChanges([`link del ${side.hostIfname}`], [side.hostIfname]);
+    await deleteHostLink(side.hostIfname);
     throw e;
   }
   log.debug('host side done', { t: log.elapsed() });

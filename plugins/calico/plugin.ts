@@ -15,7 +15,7 @@ import type { KnownKeys } from '../../shared/ipam/allocator';
 import { DEFAULT_BLOCK_SIZE } from '../../shared/ipam/pools';
 import { canonicalCidr, parseIp } from '../../shared/ipam/cidr';
 import { linkAlias } from '../../shared/netlink/link';
-import { ipHostChanges } from '../../shared/netlink/exec';
+import { deleteHostLink } from '../../shared/netlink/link-delete';
 import type { Store, KeyValue, Op, Compare } from '../../shared/store/store';
 import { ALIAS_PREFIX, GATEWAY_V4, GATEWAY_V6, HOST_MAC, hostRoutesVia, inspectContainer, ownHostVeth, setUpContainerSide, setUpHostEnd, tearDown, validateBatchIfname, type WorkloadIp } from './dataplane';
 
@@ -399,7 +399,7 @@ async function cmdGc(s: Session): Promise<void> {
       if (keep.has(`${sp.containerID}/${sp.endpoint}`)) continue;
       await s.store.txn([{ key: kv.key, modRevision: kv.modRevision }], [{ op: 'delete', key: kv.key }]);
       if (sp.interfaceName && linkAlias(sp.interfaceName) === `${ALIAS_PREFIX}${sp.containerID ?? ''}`) {
-        await ipHostChanges([`link del ${sp.interfaceName}`], [sp.interfaceName]);
+        await deleteHostLink(sp.interfaceName);
       }
       ctx.log.info('gc: removed endpoint', { endpoint: wep.metadata.name, containerID: sp.containerID });
     } catch (e) {
