@@ -291,17 +291,14 @@ function releaseKeys(s: Session): string[] {
 
 function blockKeysOf(prevResult: unknown, version: string): string[] {
   if (prevResult === undefined) return [];
-  let prev: Result;
   try {
-    prev = parseAnyResult(prevResult, version);
+    return workloadIps(parseAnyResult(prevResult, version)).flatMap((a) => {
+      const block = canonicalCidr(`${a.ip}/${DEFAULT_BLOCK_SIZE[a.family]}`);
+      return block ? [keys.block(a.family, block)] : [];
+    });
   } catch {
     return []; // A DEL must not fail on a prevResult it only reads for a guess.
   }
-  return (prev.ips ?? []).flatMap((c) => {
-    const ip = parseIp(c.address.split('/')[0] ?? '');
-    const block = ip && canonicalCidr(`${c.address.split('/')[0]}/${DEFAULT_BLOCK_SIZE[ip.family]}`);
-    return ip && block ? [keys.block(ip.family, block)] : [];
-  });
 }
 
 /** The first failure among settled outcomes, as a CNI error. */

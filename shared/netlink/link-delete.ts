@@ -1,5 +1,5 @@
 import { run, type RunResult } from './exec';
-import { currentIpSession, currentLinkDeleter } from './ip-session';
+import { currentLinkDeleter } from './ip-session';
 import { linkExists, linkIndex } from './link';
 
 /** How often a long-lived process looks whether a link it is deleting is gone. */
@@ -28,7 +28,8 @@ export async function deleteHostLink(name: string): Promise<RunResult> {
   const index = linkIndex(name);
   if (index === undefined) return OK;
   const deleter = currentLinkDeleter();
-  if (!currentIpSession() || !deleter || unreturned >= MAX_UNRETURNED) return run('ip', ['link', 'del', name]);
+  // Only a process that keeps an ip session (the agent) has a deleter, and outlives the ip it leaves.
+  if (!deleter || unreturned >= MAX_UNRETURNED) return run('ip', ['link', 'del', name]);
   const done = deleter.busy ? run('ip', ['link', 'del', name]) : deleter.run([`link del ${name}`], [name]);
   const gone = new AbortController();
   try {
@@ -36,7 +37,8 @@ export async function deleteHostLink(name: string): Promise<RunResult> {
     if (first) return first;
     // Gone: whatever ip says after it changes nothing.
     unreturned++;
-    void done.catch(() => undefined).finally(() => unreturned--);
+    const returned = (): void => void unreturned--;
+    void done.then(returned, returned);
     return OK;
   } finally {
     gone.abort();
