@@ -7,8 +7,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 # --no-setup: use what is installed and built (dist/sea only if it is as new as dist/calico).
 if [ "${1:-}" != --no-setup ]; then
-  bash scripts/install-deps.sh --no-runtimes
-  bash scripts/build-binaries.sh --sea # the self-contained build is measured too
+  bash scripts/install-deps.sh --no-runtimes --sea # the self-contained build is measured too
 fi
 mkdir -p build/bench
 npx --no-install ncc build bench/cni-bench.ts -o build/bench -q --target es2022 >/dev/null

@@ -3,11 +3,18 @@
 # Debian packages (etcd, iproute2, the Go reference CNI plugins, Go and libcni's source for cnitool,
 # podman and containerd for the real-runtime tests), then the npm dependencies, then the build.
 #
-# Usage: scripts/install-deps.sh [--no-runtimes]
+# Usage: scripts/install-deps.sh [--no-runtimes] [--sea]
+#   --sea   build the self-contained binaries (dist/sea) too
 set -euo pipefail
 cd "$(dirname "$0")/.."
-RUNTIMES=1
-for a in "$@"; do case $a in --no-runtimes) RUNTIMES=0 ;; *) echo "unknown argument $a" >&2; exit 2 ;; esac; done
+RUNTIMES=1 BUILD_ARGS=()
+for a in "$@"; do
+  case $a in
+    --no-runtimes) RUNTIMES=0 ;;
+    --sea) BUILD_ARGS+=(--sea) ;;
+    *) echo "unknown argument $a" >&2; exit 2 ;;
+  esac
+done
 [ "$(id -u)" = 0 ] || { echo "install-deps: run as root (network namespaces, veths and apt need it)" >&2; exit 1; }
 
 pkgs=(etcd-server etcd-client iproute2 iptables iputils-ping procps util-linux jq openssl time hyperfine
@@ -34,5 +41,5 @@ if [ ! -f "$stamp" ] || ! cmp -s package-lock.json "$stamp"; then
   npm ci --no-audit --no-fund --loglevel=error
   cp package-lock.json "$stamp"
 fi
-bash scripts/build-binaries.sh
+bash scripts/build-binaries.sh "${BUILD_ARGS[@]}"
 bash scripts/install-cnitool.sh

@@ -1,17 +1,24 @@
 #!/usr/bin/env bash
 # Installs the built plugins into the CNI binary directory and a network config into the CNI config
-# directory, as a platform engineer would on each host.
+# directory, as a platform engineer would on each host; with --agent, the node agent's systemd unit too.
 #
-# Usage: scripts/install.sh [--prefix DIR] [--dry-run] [--conf FILE] [--etcd-endpoints URLS] [--force]
+# Usage: scripts/install.sh [--prefix DIR] [--dry-run] [--conf FILE] [--etcd-endpoints URLS] [--force] [--sea] [--agent]
 #   --prefix DIR          install under DIR (DIR/opt/cni/bin, DIR/etc/cni/net.d); default /
 #   --dry-run             print what would be done, change nothing
-#   --conf FILE           the network config to install (default conf-examples/10-calico.conflist)
+#   --conf FILE           the network config to install (default conf-examples/10-calico.conflist, or
+#                         conf-examples/50-calico-agent.conflist with --agent)
 #   --etcd-endpoints URLS write these etcd endpoints into the installed config
 #   --force               replace an existing config file of the same name
-# Binaries are replaced atomically (copy, then rename), so a runtime never runs a half-written plugin.
+#   --sea                 install the self-contained build (dist/sea, from build-binaries.sh --sea): the
+#                         host needs no Node.js
+#   --agent               also install the node agent's unit (etc/systemd/system/calico-agent.service);
+#                         on this host (no --prefix) with systemd running, enable and (re)start it
+# Binaries are replaced atomically (copy, then rename), so a runtime never runs a half-written plugin. A
+# running agent is restarted after its binary is replaced: it refuses calls from binaries of another
+# build, which then run in their own process (slower) until it is.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PREFIX="" DRY=0 CONF=conf-examples/10-calico.conflist ENDPOINTS="" FORCE=0
+PREFIX="" DRY=0 CONF="" ENDPOINTS="" FORCE=0 SEA=0 AGENT=0
 while [ $# -gt 0 ]; do
   case $1 in
     --prefix) PREFIX=${2:?--prefix needs a directory}; shift 2 ;;
@@ -19,22 +26,38 @@ while [ $# -gt 0 ]; do
     --conf) CONF=${2:?--conf needs a file}; shift 2 ;;
     --etcd-endpoints) ENDPOINTS=${2:?--etcd-endpoints needs URLs}; shift 2 ;;
     --force) FORCE=1; shift ;;
-    -h|--help) sed -n '2,12p' "$0"; exit 0 ;;
+    --sea) SEA=1; shift ;;
+    --agent) AGENT=1; shift ;;
+    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
     *) echo "install: unknown argument $1" >&2; exit 2 ;;
   esac
 done
+if [ -z "$CONF" ]; then
+  if [ "$AGENT" = 1 ]; then CONF=conf-examples/50-calico-agent.conflist; else CONF=conf-examples/10-calico.conflist; fi
+fi
+SRC=dist BUILD=scripts/build-binaries.sh
+[ "$SEA" = 1 ] && SRC=dist/sea BUILD="scripts/build-binaries.sh --sea"
 BIN_DIR=$PREFIX/opt/cni/bin
 CONF_DIR=$PREFIX/etc/cni/net.d
+UNIT_DIR=$PREFIX/etc/systemd/system
+UNIT=calico-agent.service
 for b in calico calico-ipam; do
-  [ -x "dist/$b" ] || { echo "install: dist/$b missing: run scripts/build-binaries.sh first" >&2; exit 1; }
+  [ -x "$SRC/$b" ] || { echo "install: $SRC/$b missing: run $BUILD first" >&2; exit 1; }
+  # A self-contained binary older than the script build is another build's.
+  if [ "$SEA" = 1 ] && [ "dist/$b" -nt "$SRC/$b" ]; then
+    echo "install: $SRC/$b is older than dist/$b: run $BUILD" >&2
+    exit 1
+  fi
 done
 [ -f "$CONF" ] || { echo "install: config $CONF not found" >&2; exit 1; }
 
 run() { if [ "$DRY" = 1 ]; then echo "would: $*"; else "$@"; fi; }
+# Only this host's systemd, and only when it runs: a --prefix tree is someone else's root.
+host_systemd() { [ -z "$PREFIX" ] && [ -d /run/systemd/system ] && command -v systemctl >/dev/null; }
 
 run mkdir -p "$BIN_DIR" "$CONF_DIR"
 for b in calico calico-ipam; do
-  run install -m 0755 "dist/$b" "$BIN_DIR/.$b.tmp"
+  run install -m 0755 "$SRC/$b" "$BIN_DIR/.$b.tmp"
   run mv -f "$BIN_DIR/.$b.tmp" "$BIN_DIR/$b"
 done
 dest=$CONF_DIR/$(basename "$CONF")
@@ -50,4 +73,27 @@ else
     run install -m 0644 "$CONF" "$dest"
   fi
 fi
-[ "$DRY" = 1 ] || echo "installed calico, calico-ipam -> $BIN_DIR; $(basename "$CONF") -> $CONF_DIR"
+if [ "$AGENT" = 1 ]; then
+  unit=conf-examples/$UNIT edited=""
+  if [ "$SEA" = 1 ]; then
+    # The self-contained binary is started by itself: it takes no node flags and needs no node.
+    edited=$(mktemp)
+    sed -E 's|^ExecStart=.*/opt/cni/bin/calico agent (.*)$|ExecStart=/opt/cni/bin/calico agent \1|' "$unit" >"$edited"
+    unit=$edited
+  fi
+  run mkdir -p "$UNIT_DIR"
+  run install -m 0644 "$unit" "$UNIT_DIR/$UNIT"
+  if [ -n "$edited" ]; then rm -f "$edited"; fi
+fi
+if host_systemd; then
+  if [ "$AGENT" = 1 ]; then
+    run systemctl daemon-reload
+    run systemctl enable $UNIT
+    run systemctl restart $UNIT
+  elif systemctl -q is-active $UNIT; then
+    run systemctl restart $UNIT
+  fi
+elif [ "$AGENT" = 1 ]; then
+  echo "install: start the agent on the host with: systemctl daemon-reload && systemctl enable --now $UNIT" >&2
+fi
+[ "$DRY" = 1 ] || echo "installed calico, calico-ipam ($SRC) -> $BIN_DIR; $(basename "$CONF") -> $CONF_DIR$([ "$AGENT" = 1 ] && echo "; $UNIT -> $UNIT_DIR")"

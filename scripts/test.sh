@@ -4,7 +4,8 @@
 # cnitool, podman and containerd. Run as root on Debian. Safe to run twice.
 set -euo pipefail
 cd "$(dirname "$0")/.."
-bash scripts/install-deps.sh
+# --sea: the self-contained build is tested too (test/sea.test.ts), on a host view without node.
+bash scripts/install-deps.sh --sea
 echo "== type check"
 npx --no-install tsc --noEmit -p .
 echo "== tests"

@@ -1,13 +1,13 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { execFile } from 'node:child_process';
+import { execFile, spawn } from 'node:child_process';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseNetConf } from '../shared/cni/config';
 import { startEtcd, type EtcdServer } from './helpers/etcd';
 import { createNetns, type Netns } from './helpers/netns';
-import { cniEnv, requireBuilt, runPlugin } from './helpers/plugin';
+import { cniEnv, DIST, requireBuilt, runPlugin } from './helpers/plugin';
 import { AGENT_NODE_FLAGS } from './helpers/agent';
 
 /** Every file in conf-examples/ is parsed and used, so none can go stale; scripts/install.sh too. */
@@ -17,7 +17,11 @@ const DIR = path.resolve(__dirname, '../conf-examples');
 const files = fs.readdirSync(DIR).filter((f) => /\.(conf|conflist)$/.test(f));
 
 function calicoConfs(file: string): Record<string, unknown>[] {
-  const raw = JSON.parse(fs.readFileSync(path.join(DIR, file), 'utf8')) as Record<string, unknown> & { plugins?: Record<string, unknown>[] };
+  return calicoConfsOf(path.join(DIR, file));
+}
+
+function calicoConfsOf(file: string): Record<string, unknown>[] {
+  const raw = JSON.parse(fs.readFileSync(file, 'utf8')) as Record<string, unknown> & { plugins?: Record<string, unknown>[] };
   const plugins = raw.plugins ?? [raw];
   return plugins.filter((p) => p.type === 'calico').map((p) => ({ cniVersion: raw.cniVersion, name: raw.name, ...p }));
 }
@@ -127,4 +131,47 @@ describe('scripts/install.sh', () => {
       fs.rmSync(prefix, { recursive: true, force: true });
     }
   });
+
+  for (const sea of [false, true]) {
+    const what = sea ? 'the self-contained build (--sea)' : 'the script build';
+    it(`--agent installs ${what}, a config that hands calls to the agent, and a unit whose ExecStart starts that agent`, async () => {
+      const prefix = fs.mkdtempSync(path.join(os.tmpdir(), 'cts-install-'));
+      try {
+        await exec('bash', [path.resolve(__dirname, '../scripts/install.sh'), '--prefix', prefix, '--agent', ...(sea ? ['--sea'] : [])]);
+        const installed = path.join(prefix, 'opt/cni/bin/calico');
+        expect(fs.readFileSync(installed).equals(fs.readFileSync(path.join(DIST, sea ? 'sea/calico' : 'calico')))).toBe(true);
+        const conf = parseNetConf(JSON.stringify(calicoConfsOf(path.join(prefix, 'etc/cni/net.d/50-calico-agent.conflist'))[0]));
+        const unit = fs.readFileSync(path.join(prefix, 'etc/systemd/system/calico-agent.service'), 'utf8');
+        const execStart = /^ExecStart=(.+)$/m.exec(unit)?.[1]?.trim().split(/\s+/) ?? [];
+        expect(execStart.slice(0, 2)).toEqual(sea ? ['/opt/cni/bin/calico', 'agent'] : ['/usr/bin/env', 'node']);
+        expect(execStart.at(-1)).toBe(conf.agent_socket);
+        // The unit's command line as systemd would run it, with the prefix's binary and a socket of its own.
+        const socket = path.join(prefix, 'agent.sock');
+        const argv = [...execStart.slice(0, -1).map((a) => (a === '/opt/cni/bin/calico' ? installed : a)), socket];
+        expect(await servesOn(argv, socket)).toBe(true);
+      } finally {
+        fs.rmSync(prefix, { recursive: true, force: true });
+      }
+    });
+  }
 });
+
+/** Starts argv, and tells whether it said it serves calico calls on `socket` within 30 s; stops it by PID. */
+async function servesOn(argv: readonly string[], socket: string): Promise<boolean> {
+  const [file, ...args] = argv as [string, ...string[]];
+  const child = spawn(file, args, { env: { PATH: process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin' }, stdio: ['ignore', 'ignore', 'pipe'] });
+  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
+  let log = '';
+  child.stderr.on('data', (d: Buffer) => (log += d.toString('utf8')));
+  try {
+    const deadline = Date.now() + 30_000;
+    while (!log.includes(`serving calico calls on ${socket}`)) {
+      if (child.exitCode !== null || Date.now() > deadline) return false;
+      await new Promise((r) => setTimeout(r, 20));
+    }
+    return true;
+  } finally {
+    if (child.exitCode === null) child.kill('SIGTERM');
+    await exited;
+  }
+}

@@ -17,11 +17,30 @@ export interface Agent {
 /** The V8 flags conf-examples/calico-agent.service runs the agent with. */
 export const AGENT_NODE_FLAGS = ['--lite-mode', '--max-semi-space-size=1'];
 
-export async function startAgent(o: { socket?: string; binary?: string } = {}): Promise<Agent> {
+/** A self-contained (SEA) build is an executable of its own; a script build is run by node. */
+function isExecutable(file: string): boolean {
+  const head = Buffer.alloc(4);
+  const fd = fs.openSync(file, 'r');
+  try {
+    fs.readSync(fd, head, 0, 4, 0);
+  } finally {
+    fs.closeSync(fd);
+  }
+  return head.equals(Buffer.from([0x7f, 0x45, 0x4c, 0x46]));
+}
+
+/**
+ * `binary` defaults to dist/calico; `wrapper` is a command the agent's command line is appended to (which
+ * must exec it, so the agent keeps the PID this helper stops).
+ */
+export async function startAgent(o: { socket?: string; binary?: string; wrapper?: readonly string[] } = {}): Promise<Agent> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'cts-agent-'));
   const socket = o.socket ?? path.join(dir, 'agent.sock');
+  const binary = o.binary ?? path.join(DIST, 'calico');
   // As conf-examples/calico-agent.service starts it.
-  const child: ChildProcess = spawn('node', [...AGENT_NODE_FLAGS, o.binary ?? path.join(DIST, 'calico'), 'agent', '--socket', socket], {
+  const argv = [...(isExecutable(binary) ? [binary] : ['node', ...AGENT_NODE_FLAGS, binary]), 'agent', '--socket', socket];
+  const [file, ...args] = [...(o.wrapper ?? []), ...argv] as [string, ...string[]];
+  const child: ChildProcess = spawn(file, args, {
     env: { PATH: process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin' },
     stdio: ['ignore', 'ignore', 'pipe'],
   });
