@@ -128,6 +128,14 @@ async function burst(c: Contender, tag: string): Promise<Record<string, unknown>
   }
 }
 
+/** Total time of BURST bare `node -e 0` started at once: what any burst that starts Node per call pays. */
+async function nodeNoopBurst(): Promise<number> {
+  const t0 = Date.now();
+  const runs = await Promise.all(Array.from({ length: BURST }, () => timed(process.execPath, ['-e', '0'], { PATH: CLEAN_PATH })));
+  if (runs.some((r) => r.code !== 0)) throw new Error('node -e 0 failed in the burst');
+  return Date.now() - t0;
+}
+
 /**
  * A stand-in for the node agent that does no work: every call gets a success at once (ADD a result with
  * an address of its own). Through it, a call costs exactly what any design with a Node process per call
@@ -356,6 +364,7 @@ async function main(): Promise<void> {
     const burstAgent = await burst(oursAgent, 'ctsbench-ba');
     const burstSeaAgent = seaAgent ? await burst(seaAgent, 'ctsbench-bsa') : undefined;
     const burstFloor = await burst(floor, 'ctsbench-bf');
+    const nodeOnlyBurst = await nodeNoopBurst();
     console.error('bench: peak RSS');
     const mem = await rss(etcd.endpoint, 'http');
     const memGrpc = await rss(etcd.endpoint, 'grpc');
@@ -416,6 +425,8 @@ async function main(): Promise<void> {
         add: stats(floorSeries.add),
         del: stats(floorSeries.del),
         burst: burstFloor,
+        // Below even that: the burst's Node starts alone, with no cnitool, client code or socket.
+        nodeNoopBurstMs: nodeOnlyBurst,
         // What the targets leave once this floor is paid: a ratio over the target here cannot be met by any
         // design that starts Node per call, whatever the agent does.
         addRatioToGo: ratio(stats(floorSeries.add).p50, gAdd.p50),
@@ -448,6 +459,7 @@ async function main(): Promise<void> {
     const fa = stats(floorSeries.add);
     const fd = stats(floorSeries.del);
     row('floor (no-op agent) ADD/DEL', `${fa.p50} / ${fd.p50}`, `${ratio(fa.p50, gAdd.p50)}x / ${ratio(fd.p50, gDel.p50)}x Go`, `burst ${String(burstFloor.addTotalMs)} / ${String(burstFloor.delTotalMs)}`, '');
+    row(`${BURST} x node -e 0 at once`, `${nodeOnlyBurst} ms`, '', '', '');
     const mb = (kb: number | undefined) => String(Math.round((kb ?? 0) / 1024));
     row('peak RSS ADD (MB)', mb(mem.calicoAddKb), mb(memGrpc.calicoAddKb), `${mb(memAgent.calicoAddKb)} (agent ${mb(memAgent.agentPeakKb)})`, mb(mem.ptpAddKb));
     console.log(`IPAM scale (3-member etcd): ${JSON.stringify(scale)}`);

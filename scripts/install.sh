@@ -28,7 +28,7 @@ while [ $# -gt 0 ]; do
     --force) FORCE=1; shift ;;
     --sea) SEA=1; shift ;;
     --agent) AGENT=1; shift ;;
-    -h|--help) sed -n '2,20p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,18p' "$0"; exit 0 ;;
     *) echo "install: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -61,6 +61,12 @@ for b in calico calico-ipam; do
   run mv -f "$BIN_DIR/.$b.tmp" "$BIN_DIR/$b"
 done
 dest=$CONF_DIR/$(basename "$CONF")
+# Runtimes use the first config file by name: another one there may be the one in effect.
+for other in "$CONF_DIR"/*.conf "$CONF_DIR"/*.conflist "$CONF_DIR"/*.json; do
+  if [ -f "$other" ] && [ "$other" != "$dest" ]; then
+    echo "install: $CONF_DIR also holds $(basename "$other"); runtimes use the first config file by name" >&2
+  fi
+done
 if [ -e "$dest" ] && [ "$FORCE" = 0 ]; then
   echo "install: $dest exists; keeping it (use --force to replace)" >&2
 else
@@ -73,17 +79,27 @@ else
     run install -m 0644 "$CONF" "$dest"
   fi
 fi
-if [ "$AGENT" = 1 ]; then
-  unit=conf-examples/$UNIT edited=""
-  if [ "$SEA" = 1 ]; then
-    # The self-contained binary is started by itself: it takes no node flags and needs no node.
-    edited=$(mktemp)
-    sed -E 's|^ExecStart=.*/opt/cni/bin/calico agent (.*)$|ExecStart=/opt/cni/bin/calico agent \1|' "$unit" >"$edited"
-    unit=$edited
+# The agent's unit, its ExecStart fitted to the build installed: the self-contained binary starts by itself
+# (it takes no node flags); the script build through node with the example unit's flags. A unit already
+# installed (perhaps edited: another socket) is kept but for that, so switching builds never leaves it
+# running node on an executable, or the script without its flags.
+NODE_START=$(sed -nE 's|^ExecStart=(.*)/opt/cni/bin/calico agent.*$|\1|p' conf-examples/$UNIT)
+fit_unit() {
+  local start=$NODE_START
+  [ "$SEA" = 1 ] && start=""
+  sed -E "s|^ExecStart=.*/opt/cni/bin/calico agent(.*)$|ExecStart=${start}/opt/cni/bin/calico agent\1|" "$1"
+}
+unit_src="" unit_changed=0
+if [ "$AGENT" = 1 ]; then unit_src=conf-examples/$UNIT; elif [ -f "$UNIT_DIR/$UNIT" ]; then unit_src=$UNIT_DIR/$UNIT; fi
+if [ -n "$unit_src" ]; then
+  fitted=$(mktemp)
+  fit_unit "$unit_src" >"$fitted"
+  if ! cmp -s "$fitted" "$UNIT_DIR/$UNIT"; then
+    run mkdir -p "$UNIT_DIR"
+    run install -m 0644 "$fitted" "$UNIT_DIR/$UNIT"
+    unit_changed=1
   fi
-  run mkdir -p "$UNIT_DIR"
-  run install -m 0644 "$unit" "$UNIT_DIR/$UNIT"
-  if [ -n "$edited" ]; then rm -f "$edited"; fi
+  rm -f "$fitted"
 fi
 if host_systemd; then
   if [ "$AGENT" = 1 ]; then
@@ -91,6 +107,7 @@ if host_systemd; then
     run systemctl enable $UNIT
     run systemctl restart $UNIT
   elif systemctl -q is-active $UNIT; then
+    if [ "$unit_changed" = 1 ]; then run systemctl daemon-reload; fi
     run systemctl restart $UNIT
   fi
 elif [ "$AGENT" = 1 ]; then

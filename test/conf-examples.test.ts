@@ -156,6 +156,27 @@ describe('scripts/install.sh', () => {
   }
 });
 
+describe('scripts/install.sh, switching builds', () => {
+  it('fits an installed agent unit to the build it installs, keeping the rest of the unit as it was edited', async () => {
+    const prefix = fs.mkdtempSync(path.join(os.tmpdir(), 'cts-install-'));
+    const install = (...args: string[]) => exec('bash', [path.resolve(__dirname, '../scripts/install.sh'), '--prefix', prefix, ...args]);
+    const unitFile = path.join(prefix, 'etc/systemd/system/calico-agent.service');
+    const execStart = () => /^ExecStart=(.+)$/m.exec(fs.readFileSync(unitFile, 'utf8'))?.[1];
+    try {
+      await install('--agent');
+      fs.writeFileSync(unitFile, fs.readFileSync(unitFile, 'utf8').replaceAll('/run/calico-ts/agent.sock', '/run/edited.sock'));
+      await install('--sea');
+      expect(execStart()).toBe('/opt/cni/bin/calico agent --socket /run/edited.sock');
+      const back = await install();
+      expect(execStart()).toBe(`/usr/bin/env node ${AGENT_NODE_FLAGS.join(' ')} /opt/cni/bin/calico agent --socket /run/edited.sock`);
+      // 10-calico.conflist now sits beside 50-calico-agent.conflist, and sorts first: said.
+      expect(back.stderr).toContain('also holds 50-calico-agent.conflist');
+    } finally {
+      fs.rmSync(prefix, { recursive: true, force: true });
+    }
+  });
+});
+
 /** Starts argv, and tells whether it said it serves calico calls on `socket` within 30 s; stops it by PID. */
 async function servesOn(argv: readonly string[], socket: string): Promise<boolean> {
   const [file, ...args] = argv as [string, ...string[]];
