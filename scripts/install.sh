@@ -50,6 +50,9 @@ for b in calico calico-ipam; do
   fi
 done
 [ -f "$CONF" ] || { echo "install: config $CONF not found" >&2; exit 1; }
+if [ "$AGENT" = 1 ] && command -v jq >/dev/null && ! jq -e '[(.plugins // [.])[] | select(.type == "calico") | .agent_socket // empty] | length > 0' "$CONF" >/dev/null; then
+  echo "install: $CONF sets no agent_socket: its calls will not go to the agent" >&2
+fi
 
 run() { if [ "$DRY" = 1 ]; then echo "would: $*"; else "$@"; fi; }
 # Only this host's systemd, and only when it runs: a --prefix tree is someone else's root.
@@ -113,4 +116,6 @@ if host_systemd; then
 elif [ "$AGENT" = 1 ]; then
   echo "install: start the agent on the host with: systemctl daemon-reload && systemctl enable --now $UNIT" >&2
 fi
-[ "$DRY" = 1 ] || echo "installed calico, calico-ipam ($SRC) -> $BIN_DIR; $(basename "$CONF") -> $CONF_DIR$([ "$AGENT" = 1 ] && echo "; $UNIT -> $UNIT_DIR")"
+unit_note=""
+if [ "$unit_changed" = 1 ]; then unit_note="; $UNIT -> $UNIT_DIR"; fi
+[ "$DRY" = 1 ] || echo "installed calico, calico-ipam ($SRC) -> $BIN_DIR; $(basename "$CONF") -> $CONF_DIR$unit_note"
