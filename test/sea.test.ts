@@ -1,8 +1,8 @@
 /**
  * The self-contained build (`scripts/build-binaries.sh --sea`, dist/sea/): what a host without Node runs.
  * Every run here happens in a mount namespace of its own (a slave of the host's, so netns mounts made later
- * still show) where the node binary is covered by /dev/null, so a
- * build that still needed node (a launcher reaching for it, a part left outside the executable) fails.
+ * still show) where the node binary is covered by /dev/null, so a build that still needed node (a launcher
+ * reaching for it, a part left outside the executable) fails.
  */
 import { execFile } from 'node:child_process';
 import fs from 'node:fs';

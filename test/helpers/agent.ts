@@ -17,8 +17,8 @@ export interface Agent {
 /** The V8 flags conf-examples/calico-agent.service runs the agent with. */
 export const AGENT_NODE_FLAGS = ['--lite-mode', '--max-semi-space-size=1'];
 
-/** A self-contained (SEA) build is an executable of its own; a script build is run by node. */
-function isExecutable(file: string): boolean {
+/** A self-contained (SEA) build is an ELF executable of its own; a script build is run by node. */
+function isElf(file: string): boolean {
   const head = Buffer.alloc(4);
   const fd = fs.openSync(file, 'r');
   try {
@@ -38,7 +38,7 @@ export async function startAgent(o: { socket?: string; binary?: string; wrapper?
   const socket = o.socket ?? path.join(dir, 'agent.sock');
   const binary = o.binary ?? path.join(DIST, 'calico');
   // As conf-examples/calico-agent.service starts it.
-  const argv = [...(isExecutable(binary) ? [binary] : ['node', ...AGENT_NODE_FLAGS, binary]), 'agent', '--socket', socket];
+  const argv = [...(isElf(binary) ? [binary] : ['node', ...AGENT_NODE_FLAGS, binary]), 'agent', '--socket', socket];
   const [file, ...args] = [...(o.wrapper ?? []), ...argv] as [string, ...string[]];
   const child: ChildProcess = spawn(file, args, {
     env: { PATH: process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin' },
