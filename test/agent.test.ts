@@ -29,7 +29,8 @@ const nodename = `agent-node-${process.pid}`;
 const namespaces: Netns[] = [];
 const dirs: NetConfDir[] = [];
 const servers: net.Server[] = [];
-const tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'cts-agent-test-'));
+// Made in beforeAll, not at import: a run whose filter skips every test here runs no afterAll to remove it.
+let tmp = '';
 
 async function netns(): Promise<Netns> {
   const n = await createNetns('ctsagt');
@@ -101,6 +102,7 @@ async function fakeAgent(reply: (conn: net.Socket, request: string) => void): Pr
 }
 
 beforeAll(async () => {
+  tmp = fs.mkdtempSync(path.join(os.tmpdir(), 'cts-agent-test-'));
   requireBuilt();
   requireCnitool();
   etcd = await startEtcd();
@@ -114,7 +116,7 @@ afterAll(async () => {
   for (const n of namespaces) await n.remove();
   for (const d of dirs) d.remove();
   await etcd?.stop();
-  fs.rmSync(tmp, { recursive: true, force: true });
+  if (tmp) fs.rmSync(tmp, { recursive: true, force: true });
 });
 
 describe('calico agent', () => {

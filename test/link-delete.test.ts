@@ -2,7 +2,7 @@ import { spawnSync } from 'node:child_process';
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { afterAll, afterEach, describe, expect, it } from 'vitest';
+import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest';
 import { closeIpSession, currentLinkDeleter, keepIpSession } from '../shared/netlink/ip-session';
 import { deleteHostLink } from '../shared/netlink/link-delete';
 
@@ -25,22 +25,8 @@ const removeAll = () => names.filter(exists).forEach((n) => spawnSync('ip', ['li
 process.on('exit', removeAll);
 
 const realIp = spawnSync('sh', ['-c', 'command -v ip'], { encoding: 'utf8' }).stdout.trim();
-const bin = fs.mkdtempSync(path.join(os.tmpdir(), 'cts-link-delete-'));
-fs.writeFileSync(
-  path.join(bin, 'ip'),
-  [
-    '#!/bin/sh',
-    `if [ "$1" = link ] && [ "$2" = del ]; then sleep 0.3; ${realIp} "$@"; s=$?; sleep "\${CTS_IP_LINGER:-3}"; exit $s; fi`,
-    // A batch: a `link del` reaches ip 0.3 s late, and the line after it only after the linger.
-    `if [ "$1" = -force ] && [ "$2" = -batch ]; then`,
-    `  while IFS= read -r line; do case "$line" in "link del "*) sleep 0.3;; esac; printf '%s\\n' "$line"; case "$line" in "link del "*) sleep "\${CTS_IP_LINGER:-3}";; esac; done | ${realIp} "$@"`,
-    '  exit',
-    'fi',
-    `exec ${realIp} "$@"`,
-    '',
-  ].join('\n'),
-  { mode: 0o755 },
-);
+// Made in beforeAll, not at import: a run whose filter skips every test here runs no afterAll to remove it.
+let bin = '';
 const originalPath = process.env.PATH;
 
 /** A veth pair: `name` here, `${name}p` its peer. */
@@ -66,6 +52,25 @@ async function gone(pids: number[]): Promise<boolean> {
   return !pids.some((p) => fs.existsSync(`/proc/${p}`));
 }
 
+beforeAll(() => {
+  bin = fs.mkdtempSync(path.join(os.tmpdir(), 'cts-link-delete-'));
+  fs.writeFileSync(
+    path.join(bin, 'ip'),
+    [
+      '#!/bin/sh',
+      `if [ "$1" = link ] && [ "$2" = del ]; then sleep 0.3; ${realIp} "$@"; s=$?; sleep "\${CTS_IP_LINGER:-3}"; exit $s; fi`,
+      // A batch: a `link del` reaches ip 0.3 s late, and the line after it only after the linger.
+      `if [ "$1" = -force ] && [ "$2" = -batch ]; then`,
+      `  while IFS= read -r line; do case "$line" in "link del "*) sleep 0.3;; esac; printf '%s\\n' "$line"; case "$line" in "link del "*) sleep "\${CTS_IP_LINGER:-3}";; esac; done | ${realIp} "$@"`,
+      '  exit',
+      'fi',
+      `exec ${realIp} "$@"`,
+      '',
+    ].join('\n'),
+    { mode: 0o755 },
+  );
+});
+
 afterEach(async () => {
   process.env.PATH = originalPath;
   delete process.env.CTS_IP_LINGER;
@@ -74,7 +79,7 @@ afterEach(async () => {
 });
 afterAll(() => {
   removeAll();
-  fs.rmSync(bin, { recursive: true, force: true });
+  if (bin) fs.rmSync(bin, { recursive: true, force: true });
 });
 
 describe('deleting a host link', () => {

@@ -70,7 +70,7 @@ beforeAll(async () => {
 
 afterAll(async () => {
   await agent.close();
-  fs.rmSync(dir, { recursive: true, force: true });
+  if (dir) fs.rmSync(dir, { recursive: true, force: true });
 });
 
 describe('the node agent server', () => {
