@@ -1,14 +1,14 @@
 import fs from 'node:fs';
 import os from 'node:os';
 import path from 'node:path';
-import { execFile, spawn } from 'node:child_process';
+import { execFile } from 'node:child_process';
 import { promisify } from 'node:util';
 import { afterAll, beforeAll, describe, expect, it } from 'vitest';
 import { parseNetConf } from '../shared/cni/config';
 import { startEtcd, type EtcdServer } from './helpers/etcd';
 import { createNetns, type Netns } from './helpers/netns';
 import { cniEnv, DIST, requireBuilt, runPlugin } from './helpers/plugin';
-import { AGENT_NODE_FLAGS } from './helpers/agent';
+import { AGENT_NODE_FLAGS, startAgent } from './helpers/agent';
 
 /** Every file in conf-examples/ is parsed and used, so none can go stale; scripts/install.sh too. */
 
@@ -148,7 +148,8 @@ describe('scripts/install.sh', () => {
         // The unit's command line as systemd would run it, with the prefix's binary and a socket of its own.
         const socket = path.join(prefix, 'agent.sock');
         const argv = [...execStart.slice(0, -1).map((a) => (a === '/opt/cni/bin/calico' ? installed : a)), socket];
-        expect(await servesOn(argv, socket)).toBe(true);
+        // startAgent fails unless the command says it serves calico calls on that socket.
+        await expect(startAgent({ socket, command: argv }).then((a) => a.stop())).resolves.toBeUndefined();
       } finally {
         fs.rmSync(prefix, { recursive: true, force: true });
       }
@@ -176,23 +177,3 @@ describe('scripts/install.sh, switching builds', () => {
     }
   });
 });
-
-/** Starts argv, and tells whether it said it serves calico calls on `socket` within 30 s; stops it by PID. */
-async function servesOn(argv: readonly string[], socket: string): Promise<boolean> {
-  const [file, ...args] = argv as [string, ...string[]];
-  const child = spawn(file, args, { env: { PATH: process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin' }, stdio: ['ignore', 'ignore', 'pipe'] });
-  const exited = new Promise<void>((resolve) => child.once('exit', () => resolve()));
-  let log = '';
-  child.stderr.on('data', (d: Buffer) => (log += d.toString('utf8')));
-  try {
-    const deadline = Date.now() + 30_000;
-    while (!log.includes(`serving calico calls on ${socket}`)) {
-      if (child.exitCode !== null || Date.now() > deadline) return false;
-      await new Promise((r) => setTimeout(r, 20));
-    }
-    return true;
-  } finally {
-    if (child.exitCode === null) child.kill('SIGTERM');
-    await exited;
-  }
-}

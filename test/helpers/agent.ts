@@ -31,14 +31,15 @@ function isElf(file: string): boolean {
 
 /**
  * `binary` defaults to dist/calico; `wrapper` is a command the agent's command line is appended to (which
- * must exec it, so the agent keeps the PID this helper stops).
+ * must exec it, so the agent keeps the PID this helper stops); `command` replaces that command line whole
+ * (an installed unit's ExecStart), and must serve `socket`.
  */
-export async function startAgent(o: { socket?: string; binary?: string; wrapper?: readonly string[] } = {}): Promise<Agent> {
+export async function startAgent(o: { socket?: string; binary?: string; wrapper?: readonly string[]; command?: readonly string[] } = {}): Promise<Agent> {
   const dir = fs.mkdtempSync(path.join(os.tmpdir(), 'cts-agent-'));
   const socket = o.socket ?? path.join(dir, 'agent.sock');
   const binary = o.binary ?? path.join(DIST, 'calico');
   // As conf-examples/calico-agent.service starts it.
-  const argv = [...(isElf(binary) ? [binary] : ['node', ...AGENT_NODE_FLAGS, binary]), 'agent', '--socket', socket];
+  const argv = o.command ?? [...(isElf(binary) ? [binary] : ['node', ...AGENT_NODE_FLAGS, binary]), 'agent', '--socket', socket];
   const [file, ...args] = [...(o.wrapper ?? []), ...argv] as [string, ...string[]];
   const child: ChildProcess = spawn(file, args, {
     env: { PATH: process.env.PATH ?? '/usr/sbin:/usr/bin:/sbin:/bin' },
